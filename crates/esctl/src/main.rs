@@ -1,0 +1,80 @@
+//! `esctl`, the operator CLI: apply database migrations and provision topics and schemas.
+//! Connection settings come from the same `SUBSTRATE_*` variables the services read (or flags).
+
+mod provision;
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "esctl", about = "Event Substrate operator CLI", version)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Apply supabase/migrations/*.sql that have not been applied yet.
+    Migrate {
+        #[arg(long, env = "SUBSTRATE_DATABASE__URL")]
+        database_url: String,
+        #[arg(long, default_value = "supabase/migrations")]
+        dir: PathBuf,
+    },
+    /// Create every topic of avro/**/*.avsc and topics.yaml and register each schema as
+    /// subject `<topic>-value`. Idempotent.
+    Provision {
+        #[arg(long, env = "SUBSTRATE_KAFKA__BOOTSTRAP_SERVERS")]
+        bootstrap_servers: String,
+        #[arg(long, env = "SUBSTRATE_SCHEMA_REGISTRY__URL")]
+        schema_registry_url: String,
+        #[arg(long, default_value = "avro")]
+        avro_dir: PathBuf,
+        #[arg(long, default_value = "topics.yaml")]
+        topics_file: PathBuf,
+    },
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    tracing_subscriber_init();
+    match Cli::parse().command {
+        Command::Migrate { database_url, dir } => {
+            let (mut client, connection) =
+                tokio_postgres::connect(&database_url, tokio_postgres::NoTls)
+                    .await
+                    .context("connecting to the database")?;
+            tokio::spawn(connection);
+            let applied = substrate_db::migrate::migrate(&mut client, &dir).await?;
+            println!("migrations: {} applied", applied.len());
+            for name in applied {
+                println!("  {name}");
+            }
+        }
+        Command::Provision {
+            bootstrap_servers,
+            schema_registry_url,
+            avro_dir,
+            topics_file,
+        } => {
+            provision::run(
+                &bootstrap_servers,
+                &schema_registry_url,
+                &avro_dir,
+                &topics_file,
+            )
+            .await?;
+        }
+    }
+    Ok(())
+}
+
+fn tracing_subscriber_init() {
+    substrate_runtime::telemetry::init(&substrate_runtime::telemetry::TelemetryConfig {
+        log_format: "plain".into(),
+        log_filter: "warn".into(),
+    });
+}

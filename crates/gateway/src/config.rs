@@ -1,0 +1,140 @@
+//! Gateway configuration: defaults embedded below, overridden by `SUBSTRATE_CONFIG` and
+//! `SUBSTRATE_*` environment variables (see the README's configuration table).
+
+use std::path::PathBuf;
+
+use serde::Deserialize;
+use substrate_avro::RegistryConfig;
+use substrate_kafka::KafkaConfig;
+use substrate_runtime::config::{ConfigError, Validate};
+use substrate_runtime::telemetry::TelemetryConfig;
+
+pub const DEFAULTS: &str = r#"
+gateway:
+  listen: 127.0.0.1:8080
+  routes_file: routes.yaml
+  avro_dir: avro
+  max_event_bytes: 65536
+  max_batch_bytes: 1048576
+  max_batch_events: 500
+  ce_source: /event-substrate/gateway
+  retry_after_secs: 5
+  shutdown_grace_secs: 20
+  routes_poll_secs: 5
+kafka:
+  bootstrap_servers: 127.0.0.1:9092
+  client_id: gateway
+  message_timeout_ms: 10000
+  linger_ms: 2
+schema_registry:
+  url: http://127.0.0.1:8081/apis/ccompat/v7
+auth:
+  leeway_secs: 30
+  jwks_refresh_min_secs: 30
+  jwks_cache_secs: 600
+webhooks:
+  login_secret_header: x-webhook-secret
+  login_topic: public.identity.login.events
+  login_event_type: identity.login
+"#;
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct Config {
+    pub gateway: GatewayConfig,
+    pub kafka: KafkaConfig,
+    pub schema_registry: RegistryConfig,
+    pub auth: AuthConfig,
+    pub webhooks: WebhooksConfig,
+    #[serde(default)]
+    pub telemetry: TelemetryConfig,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct GatewayConfig {
+    pub listen: String,
+    pub routes_file: PathBuf,
+    pub avro_dir: PathBuf,
+    pub max_event_bytes: usize,
+    pub max_batch_bytes: usize,
+    pub max_batch_events: usize,
+    pub ce_source: String,
+    pub retry_after_secs: u64,
+    pub shutdown_grace_secs: u64,
+    /// Fallback re-read of routes.yaml in case a file-system event was missed.
+    pub routes_poll_secs: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct AuthConfig {
+    /// HS256 shared secret (Supabase's legacy JWT secret).
+    pub jwt_secret: Option<String>,
+    /// JWKS URL for ES256/RS256 keys, e.g. `https://<project>.supabase.co/auth/v1/.well-known/jwks.json`.
+    pub jwks_url: Option<String>,
+    /// Required `iss` when set.
+    pub issuer: Option<String>,
+    /// Accepted `aud` values, comma-separated (Supabase: `authenticated`). Unset: not checked.
+    pub audience: Option<String>,
+    /// Clock skew allowed for `exp`/`nbf`, at most 60 s.
+    pub leeway_secs: u64,
+    /// An unknown `kid` refreshes the JWKS at most once per this interval.
+    pub jwks_refresh_min_secs: u64,
+    /// Keys are re-fetched after this age.
+    pub jwks_cache_secs: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct WebhooksConfig {
+    /// Shared secret of `POST /webhooks/login`; the endpoint answers 503 while unset.
+    pub login_secret: Option<String>,
+    pub login_secret_header: String,
+    pub login_topic: String,
+    pub login_event_type: String,
+}
+
+impl Validate for Config {
+    fn validate(&self) -> Result<(), ConfigError> {
+        if self.gateway.listen.parse::<std::net::SocketAddr>().is_err() {
+            return Err(ConfigError::invalid(
+                "gateway.listen",
+                "must be host:port, e.g. 127.0.0.1:8080",
+            ));
+        }
+        if self.gateway.max_event_bytes == 0 || self.gateway.max_event_bytes > self.gateway.max_batch_bytes {
+            return Err(ConfigError::invalid(
+                "gateway.max_event_bytes",
+                "must be > 0 and <= gateway.max_batch_bytes",
+            ));
+        }
+        if self.gateway.max_batch_events == 0 {
+            return Err(ConfigError::invalid("gateway.max_batch_events", "must be > 0"));
+        }
+        if self.auth.leeway_secs > 60 {
+            return Err(ConfigError::invalid("auth.leeway_secs", "must be at most 60"));
+        }
+        if self.auth.jwt_secret.as_deref().is_some_and(|s| s.len() < 32) {
+            return Err(ConfigError::invalid(
+                "auth.jwt_secret",
+                "must be at least 32 characters",
+            ));
+        }
+        if self.auth.jwt_secret.is_none() && self.auth.jwks_url.is_none() {
+            return Err(ConfigError::invalid(
+                "auth.jwt_secret",
+                "set auth.jwt_secret (HS256) and/or auth.jwks_url (ES256/RS256)",
+            ));
+        }
+        if self.webhooks.login_secret.as_deref().is_some_and(|s| s.len() < 16) {
+            return Err(ConfigError::invalid(
+                "webhooks.login_secret",
+                "must be at least 16 characters",
+            ));
+        }
+        Ok(())
+    }
+}
+
+impl Config {
+    pub fn load() -> Result<Self, ConfigError> {
+        substrate_runtime::load_config(DEFAULTS)
+    }
+}

@@ -1,0 +1,138 @@
+//! The gateway: the platform's only public entry. Authenticates callers (Supabase JWTs, webhook
+//! secrets), admits events on the `routes.yaml` allowlist, validates them against the topic's
+//! Avro schema and answers 202 only once the broker has stored them.
+
+pub mod auth;
+pub mod config;
+pub mod error;
+pub mod ingest;
+pub mod metrics;
+pub mod publish;
+pub mod routes;
+pub mod webhooks;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use axum::routing::post;
+use axum::Router;
+use substrate_avro::{Catalog, Registry, TopicSchema};
+use substrate_kafka::Producer;
+use substrate_runtime::ops::{self, Readiness};
+use substrate_runtime::Shutdown;
+use tokio::net::TcpListener;
+
+pub use config::Config;
+
+use crate::auth::Verifier;
+use crate::publish::Publisher;
+use crate::routes::RouteStore;
+
+pub struct Limits {
+    pub max_event_bytes: usize,
+    pub max_batch_bytes: usize,
+    pub max_batch_events: usize,
+}
+
+pub struct LoginWebhook {
+    pub secret: Option<String>,
+    pub secret_header: String,
+    pub topic: String,
+    pub event_type: String,
+}
+
+/// Shared state of the HTTP handlers.
+pub struct App {
+    pub routes: Arc<RouteStore>,
+    pub verifier: Arc<Verifier>,
+    pub publisher: Publisher,
+    pub limits: Limits,
+    pub login: LoginWebhook,
+    pub login_schema: Option<TopicSchema>,
+}
+
+/// Builds the state and the router. The producer is returned for flushing at shutdown.
+pub fn build(config: &Config, shutdown: &Shutdown) -> anyhow::Result<(Router, Producer)> {
+    metrics::describe();
+    let routes = Arc::new(
+        RouteStore::load(&config.gateway.routes_file, &config.gateway.avro_dir)
+            .map_err(anyhow::Error::msg)
+            .context("loading routes")?,
+    );
+    routes.clone().watch(
+        Duration::from_secs(config.gateway.routes_poll_secs),
+        shutdown.token(),
+    );
+    let catalog = Catalog::load(&config.gateway.avro_dir).context("loading avro schemas")?;
+    let registry = Registry::new(&config.schema_registry).context("schema registry settings")?;
+    let producer = Producer::new(&config.kafka).context("creating the Kafka producer")?;
+    let verifier = Verifier::new(&config.auth).map_err(anyhow::Error::msg)?;
+    let app = Arc::new(App {
+        routes,
+        verifier,
+        publisher: Publisher {
+            registry: registry.clone(),
+            producer: producer.clone(),
+            ce_source: config.gateway.ce_source.clone(),
+            retry_after_secs: config.gateway.retry_after_secs,
+        },
+        limits: Limits {
+            max_event_bytes: config.gateway.max_event_bytes,
+            max_batch_bytes: config.gateway.max_batch_bytes,
+            max_batch_events: config.gateway.max_batch_events,
+        },
+        login: LoginWebhook {
+            secret: config.webhooks.login_secret.clone(),
+            secret_header: config.webhooks.login_secret_header.to_ascii_lowercase(),
+            topic: config.webhooks.login_topic.clone(),
+            event_type: config.webhooks.login_event_type.clone(),
+        },
+        login_schema: catalog.get(&config.webhooks.login_topic).cloned(),
+    });
+    let ready_producer = producer.clone();
+    let readiness = Readiness::new()
+        .with_check("kafka", move || {
+            let producer = ready_producer.clone();
+            async move { producer.ping(Duration::from_secs(2)).await }
+        })
+        .with_check("schema_registry", move || {
+            let registry = registry.clone();
+            async move { registry.ping().await }
+        });
+    let router = Router::new()
+        .route("/api/v1/events/{route}", post(ingest::post_event))
+        .route("/api/v1/events/{route}/batch", post(ingest::post_batch))
+        .route("/webhooks/login", post(webhooks::login))
+        .with_state(app)
+        .merge(ops::router(readiness));
+    Ok((router, producer))
+}
+
+/// Serves on `listener` until `shutdown` fires, then drains in-flight requests and flushes.
+pub async fn serve(config: Config, listener: TcpListener, shutdown: Shutdown) -> anyhow::Result<()> {
+    let (router, producer) = build(&config, &shutdown)?;
+    let addr = listener.local_addr()?;
+    tracing::info!(%addr, "gateway listening");
+    let token = shutdown.token();
+    axum::serve(listener, router.into_make_service_with_connect_info::<SocketAddr>())
+        .with_graceful_shutdown(async move { token.cancelled().await })
+        .await
+        .context("HTTP server")?;
+    tracing::info!("HTTP server drained; flushing the producer");
+    let grace = Duration::from_secs(config.gateway.shutdown_grace_secs);
+    tokio::task::spawn_blocking(move || producer.flush(grace))
+        .await?
+        .context("flushing the producer")?;
+    tracing::info!("gateway stopped");
+    Ok(())
+}
+
+/// Binds `gateway.listen` and serves.
+pub async fn run(config: Config, shutdown: Shutdown) -> anyhow::Result<()> {
+    let listener = TcpListener::bind(&config.gateway.listen)
+        .await
+        .with_context(|| format!("binding {}", config.gateway.listen))?;
+    serve(config, listener, shutdown).await
+}

@@ -1,0 +1,21 @@
+//! Metric names of the gateway, with their meaning. Produce latency per topic is recorded by
+//! `substrate_kafka` (`substrate_kafka_produce_seconds`).
+
+/// Counter: HTTP requests by `route` and `status`.
+pub const REQUESTS: &str = "gateway_requests_total";
+/// Histogram: request duration in seconds by `route`.
+pub const REQUEST_SECONDS: &str = "gateway_request_duration_seconds";
+/// Counter: rejected requests or batch items by `reason` (the error code).
+pub const REJECTED: &str = "gateway_rejected_total";
+/// Counter: events acknowledged by the broker by `route`.
+pub const EVENTS_ACCEPTED: &str = "gateway_events_accepted_total";
+/// Counter: routes.yaml reloads by `result` (`applied`, `invalid`).
+pub const ROUTES_RELOADS: &str = "gateway_routes_reloads_total";
+
+pub fn describe() {
+    metrics::describe_counter!(REQUESTS, "HTTP requests by route and status");
+    metrics::describe_histogram!(REQUEST_SECONDS, "HTTP request duration by route");
+    metrics::describe_counter!(REJECTED, "Rejected requests or batch items by reason");
+    metrics::describe_counter!(EVENTS_ACCEPTED, "Events acknowledged by the broker by route");
+    metrics::describe_counter!(ROUTES_RELOADS, "routes.yaml reloads by result");
+}

@@ -1,0 +1,163 @@
+//! `POST /webhooks/login`: the payload Supabase Database Webhooks (pg_net) send for `auth.users`
+//! changes, authenticated by a shared secret header compared in constant time. A new sign-in
+//! becomes an `identity.login` event; the event id is derived from user and sign-in time, so a
+//! repeated delivery of the same change yields the same event.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::body::Body;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use chrono::{DateTime, Utc};
+use serde::Deserialize;
+use serde_json::{json, Value as Json_};
+use subtle::ConstantTimeEq;
+use uuid::Uuid;
+
+use crate::error::ApiError;
+use crate::ingest::{check_json_content_type, read_limited};
+use crate::metrics::{EVENTS_ACCEPTED, REQUESTS, REQUEST_SECONDS};
+use crate::publish::{trace_from, Target};
+use crate::App;
+
+/// Namespace of login event ids (UUIDv5 of `<user id>/<last_sign_in_at>`).
+const LOGIN_NAMESPACE: Uuid = Uuid::from_u128(0x6c0f_1b3e_2d4a_4e55_9a7c_51d2_8e3f_0a11);
+const ROUTE_LABEL: &str = "webhooks/login";
+
+#[derive(Debug, Deserialize)]
+struct DatabaseWebhook {
+    #[serde(rename = "type")]
+    kind: String,
+    table: String,
+    schema: String,
+    record: Option<Json_>,
+    #[serde(default)]
+    old_record: Option<Json_>,
+}
+
+pub async fn login(State(app): State<Arc<App>>, headers: HeaderMap, body: Body) -> Response {
+    let started = Instant::now();
+    let response = handle_login(&app, &headers, body)
+        .await
+        .unwrap_or_else(IntoResponse::into_response);
+    metrics::counter!(REQUESTS, "route" => ROUTE_LABEL, "status" => response.status().as_u16().to_string()).increment(1);
+    metrics::histogram!(REQUEST_SECONDS, "route" => ROUTE_LABEL).record(started.elapsed().as_secs_f64());
+    response
+}
+
+fn secret_matches(expected: &str, given: Option<&[u8]>) -> bool {
+    given.is_some_and(|given| bool::from(given.ct_eq(expected.as_bytes())))
+}
+
+async fn handle_login(app: &App, headers: &HeaderMap, body: Body) -> Result<Response, ApiError> {
+    let login = &app.login;
+    let expected = login.secret.as_deref().ok_or_else(|| {
+        ApiError::unavailable("the login webhook is not configured (webhooks.login_secret)", 60)
+    })?;
+    if !secret_matches(expected, headers.get(&login.secret_header).map(|v| v.as_bytes())) {
+        return Err(ApiError::unauthorized(format!(
+            "missing or wrong `{}` header",
+            login.secret_header
+        )));
+    }
+    check_json_content_type(headers)?;
+    let bytes = read_limited(headers, body, app.limits.max_event_bytes).await?;
+    let hook: DatabaseWebhook = serde_json::from_slice(&bytes).map_err(|e| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_json",
+            format!("expected a database webhook payload {{type, table, schema, record, old_record}}: {e}"),
+        )
+    })?;
+    if hook.schema != "auth" || hook.table != "users" {
+        return Err(ApiError::invalid_field(
+            "table",
+            format!("only auth.users changes are accepted, got {}.{}", hook.schema, hook.table),
+        ));
+    }
+    let record = hook
+        .record
+        .as_ref()
+        .filter(|r| r.is_object())
+        .ok_or_else(|| ApiError::invalid_field("record", "must be an object"))?;
+    let user_id = record
+        .get("id")
+        .and_then(Json_::as_str)
+        .and_then(|s| Uuid::parse_str(s).ok())
+        .ok_or_else(|| ApiError::invalid_field("record.id", "must be a UUID"))?;
+    let signed_in_at = record.get("last_sign_in_at").and_then(Json_::as_str);
+    let previous = hook
+        .old_record
+        .as_ref()
+        .and_then(|r| r.get("last_sign_in_at"))
+        .and_then(Json_::as_str);
+    let is_new_sign_in = match (hook.kind.as_str(), signed_in_at) {
+        (_, None) => false,
+        ("INSERT", Some(_)) => true,
+        ("UPDATE", Some(now)) => previous != Some(now),
+        _ => false,
+    };
+    let Some(signed_in_at) = signed_in_at.filter(|_| is_new_sign_in) else {
+        return Ok((
+            StatusCode::OK,
+            Json(json!({"status": "ignored", "reason": "not a new sign-in"})),
+        )
+            .into_response());
+    };
+    let event_id = Uuid::new_v5(&LOGIN_NAMESPACE, format!("{user_id}/{signed_in_at}").as_bytes());
+    let event_time = DateTime::parse_from_rfc3339(signed_in_at)
+        .map(|t| t.with_timezone(&Utc))
+        .or_else(|_| {
+            // Postgres text form: "2026-11-25 10:00:00.123456+00"
+            DateTime::parse_from_str(&format!("{signed_in_at}00"), "%Y-%m-%d %H:%M:%S%.f%z")
+                .map(|t| t.with_timezone(&Utc))
+        })
+        .unwrap_or_else(|_| Utc::now());
+    let provider = record
+        .get("raw_app_meta_data")
+        .and_then(|m| m.get("provider"))
+        .cloned()
+        .unwrap_or(Json_::Null);
+    let event = json!({
+        "event_id": event_id.to_string(),
+        "event_time": event_time.timestamp_millis(),
+        "user_id": user_id.to_string(),
+        "email": record.get("email").cloned().unwrap_or(Json_::Null),
+        "provider": provider,
+        "last_sign_in_at": signed_in_at,
+    });
+    let schema = app.login_schema.as_ref().ok_or_else(|| {
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "no_schema",
+            format!("topic {} has no schema under avro/", login.topic),
+        )
+    })?;
+    let target = Target {
+        topic: &login.topic,
+        event_type: &login.event_type,
+        schema,
+        key_field: Some("user_id"),
+    };
+    let encoded = app.publisher.encode(&target, event_id, &event).await?;
+    let trace = trace_from(headers.get("traceparent").and_then(|v| v.to_str().ok()));
+    app.publisher.send(&login.topic, &encoded, &trace).await?;
+    metrics::counter!(EVENTS_ACCEPTED, "route" => ROUTE_LABEL).increment(1);
+    Ok((StatusCode::ACCEPTED, Json(json!({"event_id": event_id}))).into_response())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn secret_comparison() {
+        assert!(secret_matches("s3cret-s3cret-s3", Some(b"s3cret-s3cret-s3")));
+        assert!(!secret_matches("s3cret-s3cret-s3", Some(b"s3cret-s3cret-s4")));
+        assert!(!secret_matches("s3cret-s3cret-s3", Some(b"s3cret")));
+        assert!(!secret_matches("s3cret-s3cret-s3", None));
+    }
+}

@@ -1,0 +1,14 @@
+//! Kafka plumbing shared by every service: client configuration with the platform's forced
+//! delivery settings, a producer that reports back-pressure instead of buffering without bound,
+//! CloudEvents + W3C trace headers, and dead-letter routing. No business logic lives here.
+
+pub mod config;
+pub mod consumer;
+pub mod dead_letter;
+pub mod headers;
+pub mod producer;
+
+pub use config::KafkaConfig;
+pub use dead_letter::DeadLetter;
+pub use headers::{CloudEvent, TraceParent};
+pub use producer::{ProduceError, Producer};

@@ -1,0 +1,96 @@
+//! notification-writer configuration: defaults embedded below, overridden by the file named by
+//! `SUBSTRATE_CONFIG` and `SUBSTRATE_*` environment variables. `topics` maps each consumed topic
+//! to the notification it becomes; entries from a config file are added to the defaults.
+
+use std::collections::BTreeMap;
+
+use serde::Deserialize;
+use substrate_avro::RegistryConfig;
+use substrate_db::DbConfig;
+use substrate_kafka::KafkaConfig;
+use substrate_runtime::config::{ConfigError, Validate};
+use substrate_runtime::telemetry::TelemetryConfig;
+
+use crate::mapping::Mapping;
+
+pub const DEFAULTS: &str = r#"
+notification_writer:
+  listen: 127.0.0.1:8091
+  group_id: notification-writer
+  batch_max_rows: 1000
+  batch_max_ms: 50
+  dead_letter_topic: internal.notification.dead-letter
+  topics:
+    public.identity.login.events:
+      event_type: identity.login
+      visibility: direct
+      recipient_field: user_id
+      sender_field: user_id
+    public.user.message.events:
+      event_type: user.message
+      visibility_field: visibility
+      recipient_field: recipient_id
+      sender_field: sender_id
+kafka:
+  bootstrap_servers: 127.0.0.1:9092
+  client_id: notification-writer
+schema_registry:
+  url: http://127.0.0.1:8081/apis/ccompat/v7
+database:
+  url: postgres://postgres:postgres@127.0.0.1:54322/postgres
+  pool_size: 4
+"#;
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct Config {
+    pub notification_writer: WriterConfig,
+    pub kafka: KafkaConfig,
+    pub schema_registry: RegistryConfig,
+    pub database: DbConfig,
+    #[serde(default)]
+    pub telemetry: TelemetryConfig,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct WriterConfig {
+    /// Address of `/healthz`, `/readyz` and `/metrics`.
+    pub listen: String,
+    pub group_id: String,
+    /// A batch is written when it holds this many rows…
+    pub batch_max_rows: usize,
+    /// …or when its first record is this old.
+    pub batch_max_ms: u64,
+    /// Where records that cannot be decoded or mapped go.
+    pub dead_letter_topic: String,
+    pub topics: BTreeMap<String, Mapping>,
+}
+
+impl Validate for Config {
+    fn validate(&self) -> Result<(), ConfigError> {
+        let w = &self.notification_writer;
+        if w.listen.parse::<std::net::SocketAddr>().is_err() {
+            return Err(ConfigError::invalid(
+                "notification_writer.listen",
+                "must be host:port",
+            ));
+        }
+        if w.batch_max_rows == 0 {
+            return Err(ConfigError::invalid("notification_writer.batch_max_rows", "must be > 0"));
+        }
+        if w.topics.is_empty() {
+            return Err(ConfigError::invalid("notification_writer.topics", "map at least one topic"));
+        }
+        for (topic, mapping) in &w.topics {
+            mapping
+                .validate()
+                .map_err(|m| ConfigError::invalid(format!("notification_writer.topics.{topic}"), m))?;
+        }
+        Ok(())
+    }
+}
+
+impl Config {
+    pub fn load() -> Result<Self, ConfigError> {
+        substrate_runtime::load_config(DEFAULTS)
+    }
+}

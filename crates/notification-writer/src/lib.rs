@@ -1,0 +1,73 @@
+//! The notification-writer: consumes the result topics named in its config, decodes their Avro
+//! records and writes them to `user_notifications` in idempotent batches, storing offsets only
+//! after each batch committed. Realtime delivery is signalled by the table's NOTIFY trigger.
+
+pub mod config;
+pub mod mapping;
+pub mod metrics;
+pub mod writer;
+
+use std::time::Duration;
+
+use anyhow::Context;
+use substrate_avro::Registry;
+use substrate_kafka::{DeadLetter, Producer};
+use substrate_runtime::ops::{self, Readiness};
+use substrate_runtime::Shutdown;
+use tokio::net::TcpListener;
+
+pub use config::Config;
+
+/// Runs until `shutdown`: the ops HTTP server plus the writer loop.
+pub async fn run(config: Config, shutdown: Shutdown) -> anyhow::Result<()> {
+    let listener = TcpListener::bind(&config.notification_writer.listen)
+        .await
+        .with_context(|| format!("binding {}", config.notification_writer.listen))?;
+    serve(config, listener, shutdown).await
+}
+
+pub async fn serve(config: Config, listener: TcpListener, shutdown: Shutdown) -> anyhow::Result<()> {
+    metrics::describe();
+    let w = &config.notification_writer;
+    let pool = substrate_db::connect_pool(&config.database)?;
+    let registry = Registry::new(&config.schema_registry)?;
+    let producer = Producer::new(&config.kafka).context("creating the dead-letter producer")?;
+    let topics: Vec<&str> = w.topics.keys().map(String::as_str).collect();
+    let consumer = substrate_kafka::consumer::subscribe(&config.kafka, &w.group_id, &topics)
+        .context("subscribing")?;
+    tracing::info!(?topics, group = %w.group_id, "notification-writer consuming");
+
+    let ready_pool = pool.clone();
+    let ready_producer = producer.clone();
+    let readiness = Readiness::new()
+        .with_check("postgres", move || {
+            let pool = ready_pool.clone();
+            async move { substrate_db::pool::ping(&pool).await }
+        })
+        .with_check("kafka", move || {
+            let producer = ready_producer.clone();
+            async move { producer.ping(Duration::from_secs(2)).await }
+        });
+    let token = shutdown.token();
+    let ops_server = tokio::spawn(async move {
+        axum::serve(listener, ops::router(readiness))
+            .with_graceful_shutdown(async move { token.cancelled().await })
+            .await
+    });
+
+    let writer = writer::Writer {
+        consumer,
+        registry,
+        pool,
+        dead_letter: DeadLetter::new(producer.clone(), w.dead_letter_topic.clone(), "notification-writer"),
+        mappings: w.topics.clone(),
+        batch_max_rows: w.batch_max_rows,
+        batch_max: Duration::from_millis(w.batch_max_ms),
+    };
+    let result = writer.run(shutdown.token()).await;
+    shutdown.cancel();
+    let _ = tokio::task::spawn_blocking(move || producer.flush(Duration::from_secs(10))).await;
+    let _ = ops_server.await;
+    tracing::info!("notification-writer stopped");
+    result
+}

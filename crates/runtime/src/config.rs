@@ -1,0 +1,65 @@
+//! Layered configuration: embedded defaults (YAML), then an optional file named by
+//! `SUBSTRATE_CONFIG`, then environment variables `SUBSTRATE_<SECTION>__<KEY>`.
+//! Validation happens once at start-up and names the offending key.
+
+use figment::providers::{Env, Format, Yaml};
+use figment::Figment;
+use serde::de::DeserializeOwned;
+
+/// Environment variable that names an optional YAML or TOML configuration file.
+pub const CONFIG_FILE_ENV: &str = "SUBSTRATE_CONFIG";
+/// Prefix of every configuration environment variable; `__` separates nesting levels.
+pub const ENV_PREFIX: &str = "SUBSTRATE_";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("configuration: {0}")]
+    Load(#[from] Box<figment::Error>),
+    #[error("configuration key `{key}`: {message}")]
+    Invalid { key: String, message: String },
+}
+
+impl ConfigError {
+    pub fn invalid(key: impl Into<String>, message: impl Into<String>) -> Self {
+        Self::Invalid {
+            key: key.into(),
+            message: message.into(),
+        }
+    }
+}
+
+/// Checks that cannot be expressed by types alone; errors name the key.
+pub trait Validate {
+    fn validate(&self) -> Result<(), ConfigError>;
+}
+
+/// Loads `T` from the embedded defaults, the optional config file and the environment.
+pub fn load_config<T: DeserializeOwned + Validate>(defaults_yaml: &str) -> Result<T, ConfigError> {
+    let mut figment = Figment::from(Yaml::string(defaults_yaml));
+    if let Ok(path) = std::env::var(CONFIG_FILE_ENV) {
+        figment = if path.ends_with(".toml") {
+            figment.merge(figment::providers::Toml::file_exact(path))
+        } else {
+            figment.merge(Yaml::file_exact(path))
+        };
+    }
+    let config: T = figment
+        .merge(Env::prefixed(ENV_PREFIX).split("__"))
+        .extract()
+        .map_err(Box::new)?;
+    config.validate()?;
+    Ok(config)
+}
+
+/// Loads `T` from the embedded defaults plus an explicit YAML overlay (tests, tools).
+pub fn load_config_from<T: DeserializeOwned + Validate>(
+    defaults_yaml: &str,
+    overlay_yaml: &str,
+) -> Result<T, ConfigError> {
+    let config: T = Figment::from(Yaml::string(defaults_yaml))
+        .merge(Yaml::string(overlay_yaml))
+        .extract()
+        .map_err(Box::new)?;
+    config.validate()?;
+    Ok(config)
+}
