@@ -1,1 +1,270 @@
-//! End-to-end tests live in tests/e2e/.
+//! Test kit for suites that run against the local stack started by `./taskw start`: reads the
+//! stack's settings (`.local/stack.env` or the environment), mints JWTs, and gives Kafka,
+//! registry and Postgres handles plus polling helpers. Nothing here fakes a component.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use jsonwebtoken::{encode, EncodingKey, Header};
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::types::RDKafkaErrorCode;
+use rdkafka::ClientConfig;
+use serde_json::{json, Value};
+use substrate_avro::{Registry, RegistryConfig};
+use substrate_kafka::KafkaConfig;
+use uuid::Uuid;
+
+/// Repository root (this crate lives in `tests/`).
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests/ has a parent")
+        .to_path_buf()
+}
+
+/// Settings of the running local stack.
+#[derive(Debug, Clone)]
+pub struct Stack {
+    pub gateway_url: String,
+    pub bootstrap_servers: String,
+    pub registry_url: String,
+    pub database_url: String,
+    pub jwt_secret: String,
+    pub login_webhook_secret: String,
+    pub audience: Option<String>,
+}
+
+impl Stack {
+    /// Environment first, then `.local/stack.env`.
+    pub fn load() -> Self {
+        let file = read_dotenv(&repo_root().join(".local/stack.env"));
+        let get = |key: &str| -> String {
+            std::env::var(key)
+                .ok()
+                .or_else(|| file.get(key).cloned())
+                .unwrap_or_else(|| {
+                    panic!("{key} is not set: start the stack with ./taskw start (it writes .local/stack.env)")
+                })
+        };
+        let optional = |key: &str| std::env::var(key).ok().or_else(|| file.get(key).cloned());
+        Self {
+            gateway_url: get("GATEWAY_URL"),
+            bootstrap_servers: get("KAFKA_BOOTSTRAP_SERVERS"),
+            registry_url: get("SCHEMA_REGISTRY_URL"),
+            database_url: get("DATABASE_URL"),
+            jwt_secret: get("JWT_SECRET"),
+            login_webhook_secret: get("LOGIN_WEBHOOK_SECRET"),
+            audience: optional("SUBSTRATE_AUTH__AUDIENCE"),
+        }
+    }
+
+    pub fn kafka(&self) -> KafkaConfig {
+        KafkaConfig::local(&self.bootstrap_servers)
+    }
+
+    pub fn registry(&self) -> Registry {
+        Registry::new(&RegistryConfig {
+            url: self.registry_url.clone(),
+            timeout_ms: 10_000,
+        })
+        .expect("registry settings")
+    }
+
+    pub async fn db(&self) -> tokio_postgres::Client {
+        let (client, connection) = tokio_postgres::connect(&self.database_url, tokio_postgres::NoTls)
+            .await
+            .expect("connect to the stack's PostgreSQL");
+        tokio::spawn(connection);
+        client
+    }
+
+    /// An HS256 token for `user` as the local gateway accepts it (Supabase claims).
+    pub fn token(&self, user: Uuid, email: &str) -> String {
+        self.token_with(json!({"sub": user, "email": email, "role": "authenticated"}))
+    }
+
+    /// An HS256 token with these claims plus `exp` in an hour and the stack's audience,
+    /// unless the claims set them.
+    pub fn token_with(&self, mut claims: Value) -> String {
+        let now = chrono::Utc::now().timestamp();
+        let object = claims.as_object_mut().expect("claims are an object");
+        object.entry("exp").or_insert(json!(now + 3600));
+        object.entry("iat").or_insert(json!(now));
+        if let Some(aud) = &self.audience {
+            object.entry("aud").or_insert(json!(aud));
+        }
+        encode(
+            &Header::default(),
+            &claims,
+            &EncodingKey::from_secret(self.jwt_secret.as_bytes()),
+        )
+        .expect("sign token")
+    }
+
+    /// Creates a topic (3 partitions); an existing topic is fine.
+    pub async fn create_topic(&self, name: &str, partitions: i32) {
+        let admin: AdminClient<DefaultClientContext> =
+            self.kafka().admin_config().create().expect("admin client");
+        let topic = NewTopic::new(name, partitions, TopicReplication::Fixed(1));
+        let results = admin
+            .create_topics([&topic], &AdminOptions::new())
+            .await
+            .expect("create topic");
+        for r in results {
+            match r {
+                Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+                Err((name, code)) => panic!("creating {name}: {code}"),
+            }
+        }
+    }
+
+    /// A consumer in a fresh group reading `topic` from the start.
+    pub fn consumer(&self, topic: &str) -> StreamConsumer {
+        let consumer: StreamConsumer = ClientConfig::new()
+            .set("bootstrap.servers", &self.bootstrap_servers)
+            .set("group.id", format!("test-{}", Uuid::new_v4()))
+            .set("auto.offset.reset", "earliest")
+            .set("enable.auto.commit", "false")
+            .create()
+            .expect("consumer");
+        consumer.subscribe(&[topic]).expect("subscribe");
+        consumer
+    }
+}
+
+fn read_dotenv(path: &Path) -> HashMap<String, String> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| !l.trim_start().starts_with('#'))
+        .filter_map(|l| l.split_once('='))
+        .map(|(k, v)| (k.trim().to_string(), v.trim().trim_matches('"').to_string()))
+        .collect()
+}
+
+/// Polls `check` until it returns `Some` or `timeout` passes.
+pub async fn eventually<T, F, Fut>(timeout: Duration, what: &str, mut check: F) -> anyhow::Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let started = Instant::now();
+    loop {
+        if let Some(value) = check().await {
+            return Ok(value);
+        }
+        if started.elapsed() > timeout {
+            anyhow::bail!("timed out after {timeout:?} waiting for {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Rows of `user_notifications` for an event id.
+pub async fn notification_rows(
+    db: &tokio_postgres::Client,
+    event_id: Uuid,
+) -> anyhow::Result<Vec<tokio_postgres::Row>> {
+    db.query(
+        "SELECT event_type, payload, visibility, recipient_id, sender_id FROM public.user_notifications WHERE event_id = $1",
+        &[&event_id],
+    )
+    .await
+    .context("query user_notifications")
+}
+
+/// A unique name for test topics and groups.
+pub fn unique(prefix: &str) -> String {
+    format!("{prefix}.{}", Uuid::new_v4().simple())
+}
+
+/// A TCP proxy on loopback that can be switched off (refusing and cutting connections) and on
+/// again: a real outage of the component behind it, seen from one client.
+pub struct Outage {
+    pub addr: std::net::SocketAddr,
+    up: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    generation: tokio::sync::watch::Sender<u64>,
+}
+
+impl Outage {
+    pub async fn proxy(target: std::net::SocketAddr) -> Self {
+        use std::sync::atomic::Ordering;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let up = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let (generation, _) = tokio::sync::watch::channel(0u64);
+        let flag = up.clone();
+        let cut = generation.clone();
+        tokio::spawn(async move {
+            loop {
+                let Ok((mut inbound, _)) = listener.accept().await else { break };
+                if !flag.load(Ordering::SeqCst) {
+                    drop(inbound);
+                    continue;
+                }
+                let mut cut = cut.subscribe();
+                tokio::spawn(async move {
+                    let Ok(mut outbound) = tokio::net::TcpStream::connect(target).await else { return };
+                    tokio::select! {
+                        _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
+                        _ = cut.changed() => {}
+                    }
+                });
+            }
+        });
+        Self { addr, up, generation }
+    }
+
+    /// Cuts every open connection and refuses new ones.
+    pub fn down(&self) {
+        self.up.store(false, std::sync::atomic::Ordering::SeqCst);
+        self.generation.send_modify(|g| *g += 1);
+    }
+
+    pub fn restore(&self) {
+        self.up.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+/// Registers the message schema for a test topic and returns the encoded record of `event`.
+pub async fn encode_message(stack: &Stack, topic: &str, event: &Value) -> Vec<u8> {
+    let text = std::fs::read_to_string(repo_root().join("avro/public/user/message.events.avsc")).unwrap();
+    let schema = substrate_avro::Schema::parse_str(&text).unwrap();
+    let value = substrate_avro::json_to_avro(&schema, event).expect("valid test event");
+    stack.registry().encode(topic, value).await.expect("encode")
+}
+
+/// Creates `topic` and registers the message schema under its subject.
+pub async fn message_topic(stack: &Stack, topic: &str, partitions: i32) {
+    stack.create_topic(topic, partitions).await;
+    let text = std::fs::read_to_string(repo_root().join("avro/public/user/message.events.avsc")).unwrap();
+    stack.registry().register(topic, &text).await.expect("register schema");
+}
+
+/// A message event for tests (broadcast unless a recipient is given).
+pub fn message_event(sender: Uuid, recipient: Option<Uuid>, text: &str) -> Value {
+    json!({
+        "event_id": Uuid::now_v7(),
+        "event_time": chrono::Utc::now().timestamp_millis(),
+        "sender_id": sender,
+        "sender_email": null,
+        "message": text,
+        "visibility": if recipient.is_some() { "direct" } else { "broadcast" },
+        "recipient_id": recipient,
+    })
+}
+
+/// Count of rows of one event type.
+pub async fn count_rows(db: &tokio_postgres::Client, event_type: &str) -> i64 {
+    db.query_one(
+        "SELECT count(*) FROM public.user_notifications WHERE event_type = $1",
+        &[&event_type],
+    )
+    .await
+    .map(|r| r.get(0))
+    .unwrap_or(-1)
+}

@@ -20,6 +20,7 @@ use serde::Deserialize;
 use crate::catalog::subject_for;
 
 #[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct RegistryConfig {
     /// Base URL of the Confluent-compatible API, e.g. `http://127.0.0.1:8081/apis/ccompat/v7`.
     pub url: String,

@@ -9,6 +9,7 @@ use tokio_postgres::NoTls;
 pub use deadpool_postgres::Pool;
 
 #[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct DbConfig {
     /// `postgres://user:password@host:port/database`
     pub url: String,

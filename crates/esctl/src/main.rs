@@ -1,4 +1,5 @@
-//! `esctl`, the operator CLI: apply database migrations and provision topics and schemas.
+//! `esctl`, the operator CLI: apply database migrations, provision topics and schemas, and mint
+//! local tokens.
 //! Connection settings come from the same `SUBSTRATE_*` variables the services read (or flags).
 
 mod provision;
@@ -36,6 +37,22 @@ enum Command {
         #[arg(long, default_value = "topics.yaml")]
         topics_file: PathBuf,
     },
+    /// Print an HS256 JWT the gateway accepts (Supabase claims), for local use and scripts.
+    Token {
+        #[arg(long, env = "SUBSTRATE_AUTH__JWT_SECRET", hide_env_values = true)]
+        jwt_secret: String,
+        /// Accepted audience of the gateway (`aud` claim).
+        #[arg(long, env = "SUBSTRATE_AUTH__AUDIENCE")]
+        audience: Option<String>,
+        /// User id (`sub`); a random UUID by default.
+        #[arg(long)]
+        sub: Option<uuid::Uuid>,
+        #[arg(long, default_value = "me@example.com")]
+        email: String,
+        /// Lifetime in seconds.
+        #[arg(long, default_value_t = 3600)]
+        ttl: i64,
+    },
 }
 
 #[tokio::main]
@@ -67,6 +84,31 @@ async fn main() -> anyhow::Result<()> {
                 &topics_file,
             )
             .await?;
+        }
+        Command::Token {
+            jwt_secret,
+            audience,
+            sub,
+            email,
+            ttl,
+        } => {
+            let now = chrono::Utc::now().timestamp();
+            let mut claims = serde_json::json!({
+                "sub": sub.unwrap_or_else(uuid::Uuid::new_v4),
+                "email": email,
+                "role": "authenticated",
+                "iat": now,
+                "exp": now + ttl,
+            });
+            if let Some(audience) = audience {
+                claims["aud"] = serde_json::json!(audience);
+            }
+            let token = jsonwebtoken::encode(
+                &jsonwebtoken::Header::default(),
+                &claims,
+                &jsonwebtoken::EncodingKey::from_secret(jwt_secret.as_bytes()),
+            )?;
+            println!("{token}");
         }
     }
     Ok(())

@@ -50,6 +50,7 @@ pub struct Config {
 }
 
 #[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct GatewayConfig {
     pub listen: String,
     pub routes_file: PathBuf,
@@ -65,6 +66,7 @@ pub struct GatewayConfig {
 }
 
 #[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct AuthConfig {
     /// HS256 shared secret (Supabase's legacy JWT secret).
     pub jwt_secret: Option<String>,
@@ -83,6 +85,7 @@ pub struct AuthConfig {
 }
 
 #[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct WebhooksConfig {
     /// Shared secret of `POST /webhooks/login`; the endpoint answers 503 while unset.
     pub login_secret: Option<String>,

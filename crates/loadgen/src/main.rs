@@ -1,1 +1,90 @@
-fn main() {}
+//! Load generator for the benchmarks in docs/benchmarks.md. `http` drives the gateway over HTTP
+//! (single events or batches, closed-loop or at a fixed rate) and prints accepted events/s and
+//! latency percentiles; `raw` produces the same Avro payload straight to the broker with the
+//! same producer settings, giving the ceiling; `writer` measures the notification-writer's
+//! rows/s on a backlog. Only loopback targets; every run is bounded in time or count.
+
+mod http;
+mod raw;
+mod writer;
+
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+use hdrhistogram::Histogram;
+
+#[derive(Parser)]
+#[command(name = "loadgen", about = "Event Substrate load generator", version)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// POST events to the gateway.
+    Http(http::Args),
+    /// Produce the same payload directly to Kafka (the ceiling).
+    Raw(raw::Args),
+    /// Fill a topic with N events and time the notification-writer until all rows exist.
+    Writer(writer::Args),
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    match Cli::parse().command {
+        Command::Http(args) => http::run(args).await,
+        Command::Raw(args) => raw::run(args).await,
+        Command::Writer(args) => writer::run(args).await,
+    }
+}
+
+/// Parses `10s`, `500ms`, `2m` or plain seconds.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let (number, unit) = text
+        .find(|c: char| !c.is_ascii_digit())
+        .map(|i| text.split_at(i))
+        .unwrap_or((text, "s"));
+    let n: u64 = number.parse().map_err(|_| format!("bad duration {text}"))?;
+    match unit {
+        "ms" => Ok(Duration::from_millis(n)),
+        "s" => Ok(Duration::from_secs(n)),
+        "m" => Ok(Duration::from_secs(n * 60)),
+        _ => Err(format!("bad duration unit in {text}")),
+    }
+}
+
+pub fn new_histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, 60_000_000, 3).expect("histogram bounds")
+}
+
+/// Prints one result line set; latencies are in microseconds in the histogram.
+pub fn report(label: &str, events: u64, elapsed: Duration, latency: Option<&Histogram<u64>>) {
+    let rate = events as f64 / elapsed.as_secs_f64();
+    println!("{label}: {events} events in {:.2} s = {rate:.0} events/s", elapsed.as_secs_f64());
+    if let Some(h) = latency.filter(|h| !h.is_empty()) {
+        let ms = |q: f64| h.value_at_quantile(q) as f64 / 1000.0;
+        println!(
+            "{label}: latency p50 {:.2} ms, p90 {:.2} ms, p99 {:.2} ms, max {:.2} ms ({} requests)",
+            ms(0.50),
+            ms(0.90),
+            ms(0.99),
+            h.max() as f64 / 1000.0,
+            h.len()
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("10s"), Ok(Duration::from_secs(10)));
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert_eq!(parse_duration("7"), Ok(Duration::from_secs(7)));
+        assert!(parse_duration("x").is_err());
+    }
+}

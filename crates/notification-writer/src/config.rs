@@ -52,6 +52,7 @@ pub struct Config {
 }
 
 #[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct WriterConfig {
     /// Address of `/healthz`, `/readyz` and `/metrics`.
     pub listen: String,
@@ -77,7 +78,7 @@ impl Validate for Config {
         if w.batch_max_rows == 0 {
             return Err(ConfigError::invalid("notification_writer.batch_max_rows", "must be > 0"));
         }
-        if w.topics.is_empty() {
+        if !w.topics.values().any(|m| m.enabled) {
             return Err(ConfigError::invalid("notification_writer.topics", "map at least one topic"));
         }
         for (topic, mapping) in &w.topics {

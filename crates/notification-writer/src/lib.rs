@@ -32,7 +32,13 @@ pub async fn serve(config: Config, listener: TcpListener, shutdown: Shutdown) ->
     let pool = substrate_db::connect_pool(&config.database)?;
     let registry = Registry::new(&config.schema_registry)?;
     let producer = Producer::new(&config.kafka).context("creating the dead-letter producer")?;
-    let topics: Vec<&str> = w.topics.keys().map(String::as_str).collect();
+    let mappings: std::collections::BTreeMap<String, mapping::Mapping> = w
+        .topics
+        .iter()
+        .filter(|(_, m)| m.enabled)
+        .map(|(t, m)| (t.clone(), m.clone()))
+        .collect();
+    let topics: Vec<&str> = mappings.keys().map(String::as_str).collect();
     let consumer = substrate_kafka::consumer::subscribe(&config.kafka, &w.group_id, &topics)
         .context("subscribing")?;
     tracing::info!(?topics, group = %w.group_id, "notification-writer consuming");
@@ -60,7 +66,7 @@ pub async fn serve(config: Config, listener: TcpListener, shutdown: Shutdown) ->
         registry,
         pool,
         dead_letter: DeadLetter::new(producer.clone(), w.dead_letter_topic.clone(), "notification-writer"),
-        mappings: w.topics.clone(),
+        mappings: mappings.clone(),
         batch_max_rows: w.batch_max_rows,
         batch_max: Duration::from_millis(w.batch_max_ms),
     };

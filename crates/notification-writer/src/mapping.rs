@@ -13,7 +13,11 @@ const POSITION_NAMESPACE: Uuid = Uuid::from_u128(0x2b1e_8c4d_9f3a_4c61_b7e0_3d5a
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Mapping {
+    /// A disabled mapping is not consumed (lets a config file switch off a default one).
+    #[serde(default = "enabled")]
+    pub enabled: bool,
     /// `{domain}.{entity}` written to `event_type`.
+    #[serde(default)]
     pub event_type: String,
     /// Fixed visibility (`broadcast` or `direct`)…
     #[serde(default)]
@@ -27,6 +31,10 @@ pub struct Mapping {
     pub sender_field: Option<String>,
 }
 
+fn enabled() -> bool {
+    true
+}
+
 /// Where a record came from, for ids and error messages.
 pub struct Origin<'a> {
     pub topic: &'a str,
@@ -38,6 +46,9 @@ pub struct Origin<'a> {
 
 impl Mapping {
     pub fn validate(&self) -> Result<(), String> {
+        if !self.enabled {
+            return Ok(());
+        }
         match (&self.visibility, &self.visibility_field) {
             (Some(v), None) if Visibility::parse(v).is_some() => {}
             (None, Some(_)) => {}
@@ -127,6 +138,7 @@ mod tests {
 
     fn message_mapping() -> Mapping {
         Mapping {
+            enabled: true,
             event_type: "user.message".into(),
             visibility: None,
             visibility_field: Some("visibility".into()),

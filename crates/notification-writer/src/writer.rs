@@ -81,15 +81,13 @@ impl Writer {
                 }
             }
         }
-        // Drain: what was read and can still be written is written, then offsets stored.
-        if !shutdown.is_cancelled() || !rows.is_empty() || !offsets.is_empty() {
-            let drain = CancellationToken::new();
-            let _ = tokio::time::timeout(
-                Duration::from_secs(10),
-                self.flush(&mut rows, &mut offsets, &drain),
-            )
-            .await;
-        }
+        // Drain: what was read before shutdown is written (bounded), then its offsets stored.
+        let drain = CancellationToken::new();
+        let _ = tokio::time::timeout(
+            Duration::from_secs(10),
+            self.flush(&mut rows, &mut offsets, &drain),
+        )
+        .await;
         if let Err(e) = rdkafka::consumer::Consumer::commit_consumer_state(
             &self.consumer,
             rdkafka::consumer::CommitMode::Sync,

@@ -5,6 +5,7 @@ use serde::Deserialize;
 use tracing_subscriber::EnvFilter;
 
 #[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct TelemetryConfig {
     /// `plain` or `json`.
     #[serde(default = "default_format")]

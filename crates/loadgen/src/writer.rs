@@ -1,0 +1,89 @@
+//! notification-writer throughput: N events produced to a mapped topic, then the running
+//! writer is timed from its first to its last row of this run.
+
+use std::time::{Duration, Instant};
+
+use futures::stream::{FuturesUnordered, StreamExt};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use serde_json::json;
+use substrate_avro::{json_to_avro, Catalog, Registry, RegistryConfig};
+use substrate_kafka::{CloudEvent, KafkaConfig, TraceParent};
+use uuid::Uuid;
+
+#[derive(clap::Args)]
+pub struct Args {
+    #[arg(long, env = "KAFKA_BOOTSTRAP_SERVERS", default_value = "127.0.0.1:9092")]
+    bootstrap_servers: String,
+    #[arg(long, env = "SCHEMA_REGISTRY_URL")]
+    schema_registry_url: String,
+    #[arg(long, env = "DATABASE_URL")]
+    database_url: String,
+    #[arg(long, default_value = "public.user.message.events")]
+    topic: String,
+    #[arg(long, default_value = "avro")]
+    avro_dir: std::path::PathBuf,
+    #[arg(long, default_value_t = 100_000)]
+    events: u64,
+}
+
+pub async fn run(args: Args) -> anyhow::Result<()> {
+    let catalog = Catalog::load(&args.avro_dir)?;
+    let schema = catalog.get(&args.topic).ok_or_else(|| anyhow::anyhow!("no schema for {}", args.topic))?;
+    let registry = Registry::new(&RegistryConfig { url: args.schema_registry_url.clone(), timeout_ms: 10_000 })?;
+    let producer: FutureProducer = KafkaConfig::local(&args.bootstrap_servers).producer_config().create()?;
+    let (db, connection) = tokio_postgres::connect(&args.database_url, tokio_postgres::NoTls).await?;
+    tokio::spawn(connection);
+    let marker = format!("loadgen-{}", Uuid::new_v4().simple());
+    let sender = Uuid::new_v4();
+    let trace = TraceParent::new_root();
+
+    let produce_started = Instant::now();
+    let mut in_flight = FuturesUnordered::new();
+    for _ in 0..args.events {
+        let id = Uuid::now_v7();
+        let event = json!({"event_id": id, "event_time": chrono::Utc::now().timestamp_millis(),
+            "sender_id": sender, "sender_email": null, "message": marker, "visibility": "broadcast", "recipient_id": null});
+        let value = json_to_avro(&schema.schema, &event).map_err(|e| anyhow::anyhow!("{e}"))?;
+        let payload = registry.encode(&args.topic, value).await?;
+        let headers = CloudEvent::new(id, "user.message", "/loadgen").to_headers(&trace);
+        let producer = producer.clone();
+        let topic = args.topic.clone();
+        in_flight.push(async move {
+            let record = FutureRecord::to(&topic).key(&id.to_string()).payload(&payload).headers(headers);
+            producer.send(record, Duration::from_secs(30)).await.map(|_| ()).map_err(|(e, _)| e)
+        });
+        if in_flight.len() >= 20_000 {
+            in_flight.next().await.transpose()?;
+        }
+    }
+    while let Some(r) = in_flight.next().await {
+        r?;
+    }
+    println!("produced {} events in {:.2} s", args.events, produce_started.elapsed().as_secs_f64());
+
+    let count = || async {
+        db.query_one(
+            "SELECT count(*) FROM public.user_notifications WHERE sender_id = $1",
+            &[&sender],
+        )
+        .await
+        .map(|r| r.get::<_, i64>(0) as u64)
+    };
+    let deadline = Instant::now() + Duration::from_secs(600);
+    let mut first: Option<(Instant, u64)> = None;
+    loop {
+        let n = count().await?;
+        if n > 0 && first.is_none() {
+            first = Some((Instant::now(), n));
+        }
+        if n >= args.events {
+            let (t0, n0) = first.expect("rows seen");
+            let elapsed = t0.elapsed();
+            crate::report("notification-writer", n - n0, elapsed, None);
+            println!("notification-writer: from the start of producing to the last row {:.2} s", produce_started.elapsed().as_secs_f64());
+            return Ok(());
+        }
+        anyhow::ensure!(Instant::now() < deadline, "timed out with {n} of {} rows", args.events);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

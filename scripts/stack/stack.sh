@@ -1,0 +1,129 @@
+#!/usr/bin/env bash
+# Infra orchestration for the local stack: postgres -> kafka -> registry, plus .local/stack.env.
+# Usage: scripts/stack/stack.sh {install|start|stop|status|env|purge|logs NAME}
+# shellcheck source=scripts/stack/lib.sh source-path=SCRIPTDIR
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+
+S="$ROOT/scripts/stack"
+
+install() {
+  ensure_dirs
+  bash "$S/postgres.sh" install
+  bash "$S/kafka.sh" install
+  bash "$S/registry.sh" install
+}
+
+# Secrets are generated once and kept in .local/data/secrets.env (survive restarts, not purge).
+ensure_secrets() {
+  if [[ ! -s "$SECRETS_ENV" ]]; then
+    umask 077
+    {
+      echo "# Generated once by scripts/stack/stack.sh; deleted by 'task purge'."
+      echo "JWT_SECRET=$(random_string 48)"
+      echo "LOGIN_WEBHOOK_SECRET=$(random_string 32)"
+    } > "$SECRETS_ENV.tmp"
+    mv "$SECRETS_ENV.tmp" "$SECRETS_ENV"
+    umask 022
+  fi
+}
+
+write_env() {
+  ensure_dirs
+  ensure_secrets
+  local JWT_SECRET LOGIN_WEBHOOK_SECRET
+  JWT_SECRET=$(sed -n 's/^JWT_SECRET=//p' "$SECRETS_ENV")
+  LOGIN_WEBHOOK_SECRET=$(sed -n 's/^LOGIN_WEBHOOK_SECRET=//p' "$SECRETS_ENV")
+  local kafka="127.0.0.1:$KAFKA_PORT"
+  local sr="http://127.0.0.1:$REGISTRY_PORT/apis/ccompat/v7"
+  local db="postgres://postgres:postgres@127.0.0.1:$PG_PORT/postgres"
+  local routes="${SUBSTRATE_ROUTES_FILE:-$ROOT/routes.yaml}"
+  cat > "$STACK_ENV.tmp" <<EOF
+# Written by scripts/stack/stack.sh on every start; do not edit (edits are overwritten).
+GATEWAY_URL=http://127.0.0.1:$GATEWAY_PORT
+KAFKA_BOOTSTRAP_SERVERS=$kafka
+SCHEMA_REGISTRY_URL=$sr
+DATABASE_URL=$db
+JWT_SECRET=$JWT_SECRET
+LOGIN_WEBHOOK_SECRET=$LOGIN_WEBHOOK_SECRET
+SUBSTRATE_KAFKA__BOOTSTRAP_SERVERS=$kafka
+SUBSTRATE_SCHEMA_REGISTRY__URL=$sr
+SUBSTRATE_DATABASE__URL=$db
+SUBSTRATE_AUTH__JWT_SECRET=$JWT_SECRET
+SUBSTRATE_WEBHOOKS__LOGIN_SECRET=$LOGIN_WEBHOOK_SECRET
+SUBSTRATE_GATEWAY__LISTEN=127.0.0.1:$GATEWAY_PORT
+SUBSTRATE_GATEWAY__ROUTES_FILE=$routes
+SUBSTRATE_GATEWAY__AVRO_DIR=$ROOT/avro
+SUBSTRATE_AUTH__AUDIENCE=authenticated
+SUBSTRATE_NOTIFICATION_WRITER__LISTEN=127.0.0.1:$NOTIFICATION_WRITER_PORT
+EOF
+  chmod 600 "$STACK_ENV.tmp"
+  mv "$STACK_ENV.tmp" "$STACK_ENV"
+  say "wrote $(rel "$STACK_ENV")"
+}
+
+start() {
+  local t0=$SECONDS
+  ensure_dirs
+  install   # sequential: concurrent Maven runs could race on ~/.m2
+  bash "$S/postgres.sh" start
+  # kafka and registry (which only needs postgres) start in parallel
+  local kpid rpid krc=0 rrc=0
+  bash "$S/kafka.sh" start & kpid=$!
+  bash "$S/registry.sh" start & rpid=$!
+  wait "$kpid" || krc=$?
+  wait "$rpid" || rrc=$?
+  (( krc == 0 && rrc == 0 )) || exit 1
+  write_env
+  say "infra up in $(( SECONDS - t0 ))s"
+}
+
+stop() {
+  # reverse order; registry before postgres (it holds a connection pool)
+  bash "$S/registry.sh" stop
+  bash "$S/kafka.sh" stop
+  bash "$S/postgres.sh" stop
+}
+
+status() {
+  bash "$S/postgres.sh" status
+  bash "$S/kafka.sh" status
+  bash "$S/registry.sh" status
+}
+
+purge() {
+  local pgdata="$DATA_DIR/postgres" target=""
+  [[ -L "$pgdata" ]] && target=$(dirname "$(readlink -f "$pgdata")")
+  rm -rf "$DATA_DIR" "$LOGS_DIR" "$RUN_DIR" "$STACK_ENV"
+  # data kept outside the repo (see postgres.sh) goes too
+  if [[ -n "$target" && "$target" == /var/tmp/event-substrate-* ]]; then
+    rm -rf "$target"
+  fi
+  say "purged .local/{data,logs,run} and .local/stack.env (kept .local/tools)"
+}
+
+logs() {
+  local name=${1:-}
+  case "$name" in
+    kafka|registry|postgres|gateway|notification-writer) ;;
+    *) die "unknown component '$name' (kafka, registry, postgres, gateway, notification-writer)" ;;
+  esac
+  local f
+  f=$(logfile "$name")
+  [[ -f "$f" ]] || die "no log yet: $(rel "$f")"
+  if [[ -n "${CI:-}" ]]; then
+    tail -n 200 "$f"
+  else
+    exec tail -n 200 -F "$f"
+  fi
+}
+
+case "${1:-}" in
+  install) install ;;
+  start) start ;;
+  stop) stop ;;
+  status) status ;;
+  env) write_env ;;
+  purge) purge ;;
+  logs) shift; logs "$@" ;;
+  *) echo "usage: $0 {install|start|stop|status|env|purge|logs NAME}" >&2; exit 2 ;;
+esac

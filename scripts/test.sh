@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# The whole test suite against the running local stack (./taskw test starts it first):
+# unit tests, in-process integration tests and end-to-end tests over the services' HTTP APIs.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/event-substrate/target}"
+if [[ ! -f .local/stack.env ]]; then
+  echo "ERROR: .local/stack.env missing; run ./taskw start first" >&2
+  exit 1
+fi
+set -a
+# shellcheck disable=SC1091
+. .local/stack.env
+set +a
+export RUST_LOG="${RUST_LOG:-warn}"
+exec cargo test --workspace --all-targets --no-fail-fast -- --test-threads="${TEST_THREADS:-4}"

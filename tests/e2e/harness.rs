@@ -1,0 +1,100 @@
+//! In-process services for tests that need settings of their own, and small HTTP helpers.
+
+use std::net::SocketAddr;
+use std::path::Path;
+
+use substrate_runtime::Shutdown;
+use substrate_testkit::{repo_root, Stack};
+use tokio::net::TcpListener;
+
+/// A gateway running inside the test process.
+pub struct TestGateway {
+    pub url: String,
+    pub shutdown: Shutdown,
+    pub handle: tokio::task::JoinHandle<anyhow::Result<()>>,
+}
+
+impl TestGateway {
+    /// Starts a gateway against the stack with `overlay` (YAML) on top of the defaults.
+    pub async fn start(stack: &Stack, routes_file: &Path, overlay: &str) -> Self {
+        let base = format!(
+            "gateway:\n  routes_file: {routes}\n  avro_dir: {avro}\n  routes_poll_secs: 1\n\
+             kafka:\n  bootstrap_servers: {kafka}\n\
+             schema_registry:\n  url: {registry}\n\
+             auth:\n  jwt_secret: {secret}\n\
+             webhooks:\n  login_secret: {login}\n",
+            routes = routes_file.display(),
+            avro = repo_root().join("avro").display(),
+            kafka = stack.bootstrap_servers,
+            registry = stack.registry_url,
+            secret = stack.jwt_secret,
+            login = stack.login_webhook_secret,
+        );
+        let merged = merge_yaml(&base, overlay);
+        let config: gateway::Config =
+            substrate_runtime::config::load_config_from(gateway::config::DEFAULTS, &merged)
+                .expect("test gateway config");
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr: SocketAddr = listener.local_addr().unwrap();
+        let shutdown = Shutdown::new();
+        let handle = tokio::spawn(gateway::serve(config, listener, shutdown.clone()));
+        Self {
+            url: format!("http://{addr}"),
+            shutdown,
+            handle,
+        }
+    }
+
+    pub async fn stop(self) {
+        self.shutdown.cancel();
+        self.handle.await.unwrap().unwrap();
+    }
+}
+
+/// Deep-merges two YAML documents (`overlay` wins).
+pub fn merge_yaml(base: &str, overlay: &str) -> String {
+    fn merge(a: &mut serde_yaml::Value, b: serde_yaml::Value) {
+        match (a, b) {
+            (serde_yaml::Value::Mapping(a), serde_yaml::Value::Mapping(b)) => {
+                for (k, v) in b {
+                    match a.get_mut(&k) {
+                        Some(existing) => merge(existing, v),
+                        None => {
+                            a.insert(k, v);
+                        }
+                    }
+                }
+            }
+            (a, b) => *a = b,
+        }
+    }
+    let mut doc: serde_yaml::Value = serde_yaml::from_str(base).unwrap();
+    if !overlay.trim().is_empty() {
+        merge(&mut doc, serde_yaml::from_str(overlay).unwrap());
+    }
+    serde_yaml::to_string(&doc).unwrap()
+}
+
+pub fn http() -> reqwest::Client {
+    reqwest::Client::builder()
+        .timeout(std::time::Duration::from_secs(30))
+        .build()
+        .unwrap()
+}
+
+/// POSTs JSON with an optional bearer token; returns status, headers and JSON body.
+pub async fn post_json(
+    url: &str,
+    token: Option<&str>,
+    body: &serde_json::Value,
+) -> (u16, reqwest::header::HeaderMap, serde_json::Value) {
+    let mut request = http().post(url).json(body);
+    if let Some(token) = token {
+        request = request.bearer_auth(token);
+    }
+    let response = request.send().await.expect("request sent");
+    let status = response.status().as_u16();
+    let headers = response.headers().clone();
+    let body = response.json().await.unwrap_or(serde_json::Value::Null);
+    (status, headers, body)
+}
