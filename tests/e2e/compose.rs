@@ -35,7 +35,10 @@ fn environment(service: &Value) -> BTreeMap<String, String> {
             let key = k.as_str().unwrap().to_string();
             if key == "<<" {
                 for (k2, v2) in v.as_mapping().unwrap() {
-                    env.insert(k2.as_str().unwrap().to_string(), interpolate(&yaml_text(v2)));
+                    env.insert(
+                        k2.as_str().unwrap().to_string(),
+                        interpolate(&yaml_text(v2)),
+                    );
                 }
             } else {
                 env.insert(key, interpolate(&yaml_text(v)));
@@ -56,7 +59,9 @@ fn yaml_text(v: &Value) -> String {
 fn config_overlay(env: &BTreeMap<String, String>, sections: &[&str], service: &str) -> String {
     let mut root = serde_yaml::Mapping::new();
     for (key, value) in env {
-        let Some(path) = key.strip_prefix("SUBSTRATE_") else { continue };
+        let Some(path) = key.strip_prefix("SUBSTRATE_") else {
+            continue;
+        };
         let parts: Vec<String> = path.split("__").map(str::to_ascii_lowercase).collect();
         assert!(
             sections.contains(&parts[0].as_str()),
@@ -71,7 +76,10 @@ fn config_overlay(env: &BTreeMap<String, String>, sections: &[&str], service: &s
                 .as_mapping_mut()
                 .unwrap();
         }
-        node.insert(Value::String(parts.last().unwrap().clone()), Value::String(value.clone()));
+        node.insert(
+            Value::String(parts.last().unwrap().clone()),
+            Value::String(value.clone()),
+        );
     }
     serde_yaml::to_string(&root).unwrap()
 }
@@ -81,7 +89,14 @@ fn compose_file_matches_the_repository() {
     let doc = compose();
     let services = doc["services"].as_mapping().expect("services");
     let names: Vec<&str> = services.keys().map(|k| k.as_str().unwrap()).collect();
-    for required in ["redpanda", "postgres", "minio", "provision", "gateway", "notification-writer"] {
+    for required in [
+        "redpanda",
+        "postgres",
+        "minio",
+        "provision",
+        "gateway",
+        "notification-writer",
+    ] {
         assert!(names.contains(&required), "compose lacks {required}");
     }
 
@@ -91,20 +106,43 @@ fn compose_file_matches_the_repository() {
             let context = repo_root().join(build["context"].as_str().unwrap());
             assert!(context.is_dir(), "{name}: build context");
             let dockerfile = context.join(build["dockerfile"].as_str().unwrap_or("Dockerfile"));
-            assert!(dockerfile.is_file(), "{name}: {} missing", dockerfile.display());
-            let binary = build["args"]["SERVICE"].as_str().expect("SERVICE build arg");
             assert!(
-                repo_root().join("crates").join(binary).join("src/main.rs").is_file(),
+                dockerfile.is_file(),
+                "{name}: {} missing",
+                dockerfile.display()
+            );
+            let binary = build["args"]["SERVICE"]
+                .as_str()
+                .expect("SERVICE build arg");
+            assert!(
+                repo_root()
+                    .join("crates")
+                    .join(binary)
+                    .join("src/main.rs")
+                    .is_file(),
                 "{name}: SERVICE={binary} is not a binary of the workspace"
             );
         }
-        for volume in service.get("volumes").and_then(Value::as_sequence).into_iter().flatten() {
+        for volume in service
+            .get("volumes")
+            .and_then(Value::as_sequence)
+            .into_iter()
+            .flatten()
+        {
             let host = volume.as_str().unwrap().split(':').next().unwrap();
             if host.starts_with("./") {
-                assert!(repo_root().join(host).exists(), "{name}: mounted {host} missing");
+                assert!(
+                    repo_root().join(host).exists(),
+                    "{name}: mounted {host} missing"
+                );
             }
         }
-        for dependency in service.get("depends_on").and_then(Value::as_mapping).into_iter().flatten() {
+        for dependency in service
+            .get("depends_on")
+            .and_then(Value::as_mapping)
+            .into_iter()
+            .flatten()
+        {
             let dep = dependency.0.as_str().unwrap();
             assert!(names.contains(&dep), "{name} depends on unknown {dep}");
         }
@@ -113,7 +151,18 @@ fn compose_file_matches_the_repository() {
     // The services' variables are configuration keys they read, and their ports are the ones
     // they listen on.
     let gateway_env = environment(&services["gateway"]);
-    let overlay = config_overlay(&gateway_env, &["gateway", "kafka", "schema_registry", "auth", "webhooks", "telemetry"], "gateway");
+    let overlay = config_overlay(
+        &gateway_env,
+        &[
+            "gateway",
+            "kafka",
+            "schema_registry",
+            "auth",
+            "webhooks",
+            "telemetry",
+        ],
+        "gateway",
+    );
     let config: gateway::Config =
         substrate_runtime::config::load_config_from(gateway::config::DEFAULTS, &overlay)
             .unwrap_or_else(|e| panic!("gateway env in compose: {e}"));
@@ -121,27 +170,54 @@ fn compose_file_matches_the_repository() {
     assert_port(&services["gateway"], &config.gateway.listen);
 
     let writer_env = environment(&services["notification-writer"]);
-    let overlay = config_overlay(&writer_env, &["notification_writer", "kafka", "schema_registry", "database", "telemetry"], "notification-writer");
-    let config: notification_writer::Config =
-        substrate_runtime::config::load_config_from(notification_writer::config::DEFAULTS, &overlay)
-            .unwrap_or_else(|e| panic!("notification-writer env in compose: {e}"));
-    assert_port(&services["notification-writer"], &config.notification_writer.listen);
+    let overlay = config_overlay(
+        &writer_env,
+        &[
+            "notification_writer",
+            "kafka",
+            "schema_registry",
+            "database",
+            "telemetry",
+        ],
+        "notification-writer",
+    );
+    let config: notification_writer::Config = substrate_runtime::config::load_config_from(
+        notification_writer::config::DEFAULTS,
+        &overlay,
+    )
+    .unwrap_or_else(|e| panic!("notification-writer env in compose: {e}"));
+    assert_port(
+        &services["notification-writer"],
+        &config.notification_writer.listen,
+    );
 
     // esctl reads its connection settings from the same variables (clap `env`).
     let esctl = std::fs::read_to_string(repo_root().join("crates/esctl/src/main.rs")).unwrap();
-    for key in environment(&services["provision"]).keys().filter(|k| k.starts_with("SUBSTRATE_")) {
-        assert!(esctl.contains(&format!("env = \"{key}\"")), "esctl does not read {key}");
+    for key in environment(&services["provision"])
+        .keys()
+        .filter(|k| k.starts_with("SUBSTRATE_"))
+    {
+        assert!(
+            esctl.contains(&format!("env = \"{key}\"")),
+            "esctl does not read {key}"
+        );
     }
     let command = yaml_text(&services["provision"]["command"]);
     assert!(command.contains("esctl migrate") && command.contains("esctl provision"));
 
     // Everything the image copies exists.
     let dockerfile = std::fs::read_to_string(repo_root().join("Dockerfile")).unwrap();
-    for line in dockerfile.lines().filter(|l| l.starts_with("COPY ") && !l.contains("--from")) {
+    for line in dockerfile
+        .lines()
+        .filter(|l| l.starts_with("COPY ") && !l.contains("--from"))
+    {
         let parts: Vec<&str> = line.split_whitespace().collect();
         for source in &parts[1..parts.len() - 1] {
             if *source != "." {
-                assert!(repo_root().join(source).exists(), "Dockerfile copies missing {source}");
+                assert!(
+                    repo_root().join(source).exists(),
+                    "Dockerfile copies missing {source}"
+                );
             }
         }
     }
@@ -155,7 +231,10 @@ fn assert_port(service: &Value, listen: &str) {
         .iter()
         .map(|p| p.as_str().unwrap().rsplit(':').next().unwrap().to_string())
         .collect();
-    assert!(published.contains(&port.to_string()), "listens on {port} but publishes {published:?}");
+    assert!(
+        published.contains(&port.to_string()),
+        "listens on {port} but publishes {published:?}"
+    );
 }
 
 #[test]

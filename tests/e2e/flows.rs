@@ -17,7 +17,10 @@ const WAIT: Duration = Duration::from_secs(30);
 async fn wait_for_row(stack: &Stack, event_id: Uuid) -> tokio_postgres::Row {
     let db = stack.db().await;
     eventually(WAIT, "the notification row", || async {
-        notification_rows(&db, event_id).await.ok().and_then(|mut rows| rows.pop())
+        notification_rows(&db, event_id)
+            .await
+            .ok()
+            .and_then(|mut rows| rows.pop())
     })
     .await
     .unwrap()
@@ -62,14 +65,22 @@ async fn login_loop_webhook_to_identity_login_row() {
     assert_eq!(payload_row["provider"], "email");
 
     // The same change delivered again is the same event: still one row.
-    let again: serde_json::Value = send(&stack.login_webhook_secret).await.unwrap().json().await.unwrap();
+    let again: serde_json::Value = send(&stack.login_webhook_secret)
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert_eq!(event_id_of(&again), event_id);
     tokio::time::sleep(Duration::from_secs(1)).await;
     let db = stack.db().await;
     assert_eq!(notification_rows(&db, event_id).await.unwrap().len(), 1);
 
     // A wrong secret is refused, and an update that is not a sign-in is ignored.
-    assert_eq!(send("wrong-secret-wrong-secret").await.unwrap().status(), 401);
+    assert_eq!(
+        send("wrong-secret-wrong-secret").await.unwrap().status(),
+        401
+    );
     let not_login = json!({"type": "UPDATE", "table": "users", "schema": "auth",
         "record": {"id": user, "last_sign_in_at": signed_in},
         "old_record": {"id": user, "last_sign_in_at": signed_in}});
@@ -81,7 +92,10 @@ async fn login_loop_webhook_to_identity_login_row() {
         .await
         .unwrap();
     assert_eq!(response.status(), 200);
-    assert_eq!(response.json::<serde_json::Value>().await.unwrap()["status"], "ignored");
+    assert_eq!(
+        response.json::<serde_json::Value>().await.unwrap()["status"],
+        "ignored"
+    );
 }
 
 #[tokio::test]
@@ -92,7 +106,12 @@ async fn messages_broadcast_and_direct_become_rows() {
     let token = stack.token(sender, "sender@example.com");
     let url = format!("{}/api/v1/events/message", stack.gateway_url);
 
-    let (status, _, body) = post_json(&url, Some(&token), &json!({"message": "hello all", "visibility": "broadcast"})).await;
+    let (status, _, body) = post_json(
+        &url,
+        Some(&token),
+        &json!({"message": "hello all", "visibility": "broadcast"}),
+    )
+    .await;
     assert_eq!(status, 202, "{body}");
     let broadcast = wait_for_row(&stack, event_id_of(&body)).await;
     assert_eq!(broadcast.get::<_, String>("event_type"), "user.message");
@@ -112,7 +131,10 @@ async fn messages_broadcast_and_direct_become_rows() {
     assert_eq!(status, 202, "{body}");
     let direct = wait_for_row(&stack, event_id_of(&body)).await;
     assert_eq!(direct.get::<_, String>("visibility"), "direct");
-    assert_eq!(direct.get::<_, Option<Uuid>>("recipient_id"), Some(recipient));
+    assert_eq!(
+        direct.get::<_, Option<Uuid>>("recipient_id"),
+        Some(recipient)
+    );
 
     // The sender's id comes from the token, whatever the body claims.
     let (status, _, body) = post_json(
@@ -126,7 +148,12 @@ async fn messages_broadcast_and_direct_become_rows() {
     assert_eq!(row.get::<_, Option<Uuid>>("sender_id"), Some(sender));
 
     // Direct without a recipient is refused, naming the field.
-    let (status, _, body) = post_json(&url, Some(&token), &json!({"message": "x", "visibility": "direct"})).await;
+    let (status, _, body) = post_json(
+        &url,
+        Some(&token),
+        &json!({"message": "x", "visibility": "direct"}),
+    )
+    .await;
     assert_eq!(status, 400);
     assert_eq!(body["error"]["field"], "recipient_id");
 }
@@ -151,7 +178,8 @@ async fn stored_records_are_confluent_wire_format_with_cloudevents_headers() {
         loop {
             let message = consumer.recv().await.expect("consume");
             let headers = message.headers().expect("headers");
-            let id = substrate_kafka::headers::header_str(&headers.detach(), "ce_id").map(String::from);
+            let id =
+                substrate_kafka::headers::header_str(&headers.detach(), "ce_id").map(String::from);
             if id.as_deref() == Some(event_id.as_str()) {
                 return message.detach();
             }
@@ -180,7 +208,9 @@ async fn stored_records_are_confluent_wire_format_with_cloudevents_headers() {
         .json()
         .await
         .unwrap();
-    let text = schema["schema"].as_str().expect("the registry knows the id");
+    let text = schema["schema"]
+        .as_str()
+        .expect("the registry knows the id");
     assert!(text.contains("UserMessage"));
     let (value, _) = stack.registry().decode(payload).await.unwrap();
     let json = substrate_avro::avro_to_json(&value);
@@ -204,7 +234,10 @@ async fn batch_answers_per_item_in_order() {
     assert_eq!(body["accepted"], 2);
     assert_eq!(body["rejected"], 2);
     let results = body["results"].as_array().unwrap();
-    let statuses: Vec<u64> = results.iter().map(|r| r["status"].as_u64().unwrap()).collect();
+    let statuses: Vec<u64> = results
+        .iter()
+        .map(|r| r["status"].as_u64().unwrap())
+        .collect();
     assert_eq!(statuses, vec![202, 400, 202, 400]);
     assert_eq!(results[1]["error"]["field"], "message");
     assert_eq!(results[3]["error"]["field"], "recipient_id");
@@ -213,7 +246,9 @@ async fn batch_answers_per_item_in_order() {
         wait_for_row(&stack, id).await;
     }
 
-    let too_many: Vec<_> = (0..501).map(|i| json!({"message": i.to_string(), "visibility": "broadcast"})).collect();
+    let too_many: Vec<_> = (0..501)
+        .map(|i| json!({"message": i.to_string(), "visibility": "broadcast"}))
+        .collect();
     let (status, _, body) = post_json(&url, Some(&token), &json!(too_many)).await;
     assert_eq!(status, 400);
     assert_eq!(body["error"]["code"], "too_many_events");
@@ -225,8 +260,18 @@ async fn rls_shows_broadcasts_and_own_direct_messages_only() {
     let (alice, bob, carol) = (Uuid::new_v4(), Uuid::new_v4(), Uuid::new_v4());
     let url = format!("{}/api/v1/events/message", stack.gateway_url);
     let token = stack.token(alice, "alice@example.com");
-    let (_, _, direct) = post_json(&url, Some(&token), &json!({"message": "psst", "visibility": "direct", "recipient_id": bob})).await;
-    let (_, _, broadcast) = post_json(&url, Some(&token), &json!({"message": "all", "visibility": "broadcast"})).await;
+    let (_, _, direct) = post_json(
+        &url,
+        Some(&token),
+        &json!({"message": "psst", "visibility": "direct", "recipient_id": bob}),
+    )
+    .await;
+    let (_, _, broadcast) = post_json(
+        &url,
+        Some(&token),
+        &json!({"message": "all", "visibility": "broadcast"}),
+    )
+    .await;
     let direct_id = event_id_of(&direct);
     let broadcast_id = event_id_of(&broadcast);
     wait_for_row(&stack, direct_id).await;
@@ -235,12 +280,20 @@ async fn rls_shows_broadcasts_and_own_direct_messages_only() {
     let mut db = stack.db().await;
     for (user, sees_direct) in [(alice, true), (bob, true), (carol, false)] {
         let tx = db.transaction().await.unwrap();
-        tx.batch_execute("SET LOCAL ROLE authenticated").await.unwrap();
-        tx.execute("SELECT set_config('request.jwt.claims', $1, true)", &[&json!({"sub": user, "role": "authenticated"}).to_string()])
+        tx.batch_execute("SET LOCAL ROLE authenticated")
             .await
             .unwrap();
+        tx.execute(
+            "SELECT set_config('request.jwt.claims', $1, true)",
+            &[&json!({"sub": user, "role": "authenticated"}).to_string()],
+        )
+        .await
+        .unwrap();
         let visible: Vec<Uuid> = tx
-            .query("SELECT event_id FROM public.user_notifications WHERE event_id = ANY($1)", &[&vec![direct_id, broadcast_id]])
+            .query(
+                "SELECT event_id FROM public.user_notifications WHERE event_id = ANY($1)",
+                &[&vec![direct_id, broadcast_id]],
+            )
             .await
             .unwrap()
             .iter()
@@ -248,7 +301,11 @@ async fn rls_shows_broadcasts_and_own_direct_messages_only() {
             .collect();
         tx.rollback().await.unwrap();
         assert!(visible.contains(&broadcast_id), "{user} sees the broadcast");
-        assert_eq!(visible.contains(&direct_id), sees_direct, "{user} and the direct message");
+        assert_eq!(
+            visible.contains(&direct_id),
+            sees_direct,
+            "{user} and the direct message"
+        );
     }
 }
 
@@ -270,7 +327,10 @@ async fn inserts_signal_listeners_with_notify() {
             }
         }
     });
-    client.batch_execute("LISTEN user_notifications").await.unwrap();
+    client
+        .batch_execute("LISTEN user_notifications")
+        .await
+        .unwrap();
     let token = stack.token(Uuid::new_v4(), "notify@example.com");
     let url = format!("{}/api/v1/events/message", stack.gateway_url);
     let (_, _, body) = post_json(
@@ -280,7 +340,10 @@ async fn inserts_signal_listeners_with_notify() {
     )
     .await;
     wait_for_row(&stack, event_id_of(&body)).await;
-    let payload = tokio::time::timeout(WAIT, rx.recv()).await.unwrap().unwrap();
+    let payload = tokio::time::timeout(WAIT, rx.recv())
+        .await
+        .unwrap()
+        .unwrap();
     let signal: serde_json::Value = serde_json::from_str(&payload).unwrap();
     assert!(signal["count"].as_i64().unwrap() >= 1);
     assert!(signal["last_id"].as_i64().unwrap() >= signal["first_id"].as_i64().unwrap());

@@ -109,10 +109,27 @@ async fn jwt_acceptance_and_refusals() {
     let now = chrono::Utc::now().timestamp();
 
     let accepted = [
-        ("HS256", sign(Algorithm::HS256, None, &hs, &claims(json!({})))),
-        ("ES256", sign(Algorithm::ES256, Some("ec-1"), &ec, &claims(json!({})))),
-        ("RS256", sign(Algorithm::RS256, Some("rsa-1"), &rsa, &claims(json!({})))),
-        ("expired within leeway", sign(Algorithm::HS256, None, &hs, &claims(json!({"exp": now - 10})))),
+        (
+            "HS256",
+            sign(Algorithm::HS256, None, &hs, &claims(json!({}))),
+        ),
+        (
+            "ES256",
+            sign(Algorithm::ES256, Some("ec-1"), &ec, &claims(json!({}))),
+        ),
+        (
+            "RS256",
+            sign(Algorithm::RS256, Some("rsa-1"), &rsa, &claims(json!({}))),
+        ),
+        (
+            "expired within leeway",
+            sign(
+                Algorithm::HS256,
+                None,
+                &hs,
+                &claims(json!({"exp": now - 10})),
+            ),
+        ),
     ];
     for (what, token) in &accepted {
         let (status, _, answer) = post_json(&url, Some(token), &body).await;
@@ -123,15 +140,91 @@ async fn jwt_acceptance_and_refusals() {
     let other_secret = EncodingKey::from_secret(b"another-secret-another-secret-another-secret");
     let refused = [
         ("no token", None, "missing Authorization"),
-        ("alg none", Some(unsigned_token(&claims(json!({})))), "algorithm"),
-        ("expired", Some(sign(Algorithm::HS256, None, &hs, &claims(json!({"exp": now - 120})))), "expired"),
-        ("not yet valid", Some(sign(Algorithm::HS256, None, &hs, &claims(json!({"nbf": now + 300})))), "nbf"),
-        ("wrong audience", Some(sign(Algorithm::HS256, None, &hs, &claims(json!({"aud": "anon-service"})))), "audience"),
-        ("wrong issuer", Some(sign(Algorithm::HS256, None, &hs, &claims(json!({"iss": "https://evil.example"})))), "issuer"),
-        ("bad signature", Some(sign(Algorithm::HS256, None, &other_secret, &claims(json!({})))), "signature"),
-        ("unknown kid", Some(sign(Algorithm::ES256, Some("ghost"), &ec, &claims(json!({})))), "unknown signing key"),
-        ("alg not pinned to key", Some(sign(Algorithm::RS256, Some("ec-1"), &rsa, &claims(json!({})))), "is for ES256"),
-        ("no sub", Some(sign(Algorithm::HS256, None, &hs, &json!({"exp": now + 60, "aud": "authenticated", "iss": ISSUER})))), "sub"),
+        (
+            "alg none",
+            Some(unsigned_token(&claims(json!({})))),
+            "algorithm",
+        ),
+        (
+            "expired",
+            Some(sign(
+                Algorithm::HS256,
+                None,
+                &hs,
+                &claims(json!({"exp": now - 120})),
+            )),
+            "expired",
+        ),
+        (
+            "not yet valid",
+            Some(sign(
+                Algorithm::HS256,
+                None,
+                &hs,
+                &claims(json!({"nbf": now + 300})),
+            )),
+            "nbf",
+        ),
+        (
+            "wrong audience",
+            Some(sign(
+                Algorithm::HS256,
+                None,
+                &hs,
+                &claims(json!({"aud": "anon-service"})),
+            )),
+            "audience",
+        ),
+        (
+            "wrong issuer",
+            Some(sign(
+                Algorithm::HS256,
+                None,
+                &hs,
+                &claims(json!({"iss": "https://evil.example"})),
+            )),
+            "issuer",
+        ),
+        (
+            "bad signature",
+            Some(sign(
+                Algorithm::HS256,
+                None,
+                &other_secret,
+                &claims(json!({})),
+            )),
+            "signature",
+        ),
+        (
+            "unknown kid",
+            Some(sign(
+                Algorithm::ES256,
+                Some("ghost"),
+                &ec,
+                &claims(json!({})),
+            )),
+            "unknown signing key",
+        ),
+        (
+            "alg not pinned to key",
+            Some(sign(
+                Algorithm::RS256,
+                Some("ec-1"),
+                &rsa,
+                &claims(json!({})),
+            )),
+            "is for ES256",
+        ),
+        (
+            "no sub",
+            Some(sign(
+                Algorithm::HS256,
+                None,
+                &hs,
+                &json!({"exp": now + 60, "aud": "authenticated", "iss": ISSUER}),
+            )),
+            "sub",
+        ),
         ("garbage", Some("not.a.jwt".to_string()), "malformed"),
     ];
     for (what, token, fragment) in &refused {
@@ -139,7 +232,10 @@ async fn jwt_acceptance_and_refusals() {
         assert_eq!(status, 401, "{what}: {answer}");
         assert_eq!(answer["error"]["code"], "unauthorized", "{what}");
         let message = answer["error"]["message"].as_str().unwrap();
-        assert!(message.contains(fragment), "{what}: `{message}` should mention `{fragment}`");
+        assert!(
+            message.contains(fragment),
+            "{what}: `{message}` should mention `{fragment}`"
+        );
     }
 
     // A burst of unknown kids refreshes the JWKS at most once per interval.
@@ -148,10 +244,17 @@ async fn jwt_acceptance_and_refusals() {
         let token = sign(Algorithm::ES256, Some("ghost-2"), &ec, &claims(json!({})));
         assert_eq!(post_json(&url, Some(&token), &body).await.0, 401);
     }
-    assert!(jwks.hits.load(Ordering::SeqCst) - before <= 1, "unknown kids must not hammer the JWKS");
+    assert!(
+        jwks.hits.load(Ordering::SeqCst) - before <= 1,
+        "unknown kids must not hammer the JWKS"
+    );
 
     // Key rotation: a new kid published in the JWKS is picked up after the interval.
-    jwks.set.lock().unwrap().keys.push(public_jwk(&rsa, Algorithm::RS256, "rsa-2"));
+    jwks.set
+        .lock()
+        .unwrap()
+        .keys
+        .push(public_jwk(&rsa, Algorithm::RS256, "rsa-2"));
     tokio::time::sleep(Duration::from_millis(1100)).await;
     let token = sign(Algorithm::RS256, Some("rsa-2"), &rsa, &claims(json!({})));
     assert_eq!(post_json(&url, Some(&token), &body).await.0, 202);
@@ -166,17 +269,33 @@ async fn request_refusals_name_the_problem() {
     let token = stack.token_with(json!({"sub": Uuid::new_v4(), "email": "r@example.com"}));
     let url = format!("{}/api/v1/events/message", gw.url);
 
-    let (status, _, body) = post_json(&format!("{}/api/v1/events/nope", gw.url), Some(&token), &json!({})).await;
+    let (status, _, body) = post_json(
+        &format!("{}/api/v1/events/nope", gw.url),
+        Some(&token),
+        &json!({}),
+    )
+    .await;
     assert_eq!(status, 404);
     assert_eq!(body["error"]["code"], "unknown_route");
 
-    let (status, _, body) = post_json(&url, Some(&token), &json!({"message": "x", "visibility": "loud"})).await;
+    let (status, _, body) = post_json(
+        &url,
+        Some(&token),
+        &json!({"message": "x", "visibility": "loud"}),
+    )
+    .await;
     assert_eq!(status, 400);
     assert_eq!(body["error"]["field"], "visibility");
-    let (status, _, body) = post_json(&url, Some(&token), &json!({"visibility": "broadcast"})).await;
+    let (status, _, body) =
+        post_json(&url, Some(&token), &json!({"visibility": "broadcast"})).await;
     assert_eq!(status, 400);
     assert_eq!(body["error"]["field"], "message");
-    let (status, _, body) = post_json(&url, Some(&token), &json!({"message": "x", "visibility": "broadcast", "extra": 1})).await;
+    let (status, _, body) = post_json(
+        &url,
+        Some(&token),
+        &json!({"message": "x", "visibility": "broadcast", "extra": 1}),
+    )
+    .await;
     assert_eq!(status, 400);
     assert_eq!(body["error"]["field"], "extra");
 
@@ -199,17 +318,26 @@ async fn request_refusals_name_the_problem() {
         .await
         .unwrap();
     assert_eq!(response.status(), 400);
-    assert_eq!(response.json::<Value>().await.unwrap()["error"]["code"], "invalid_json");
+    assert_eq!(
+        response.json::<Value>().await.unwrap()["error"]["code"],
+        "invalid_json"
+    );
 
     // 64 KiB per event, declared length.
     let big = "x".repeat(70 * 1024);
-    let (status, _, body) = post_json(&url, Some(&token), &json!({"message": big, "visibility": "broadcast"})).await;
+    let (status, _, body) = post_json(
+        &url,
+        Some(&token),
+        &json!({"message": big, "visibility": "broadcast"}),
+    )
+    .await;
     assert_eq!(status, 413);
     assert_eq!(body["error"]["code"], "payload_too_large");
 
     // A chunked body with no declared length is cut off at the limit.
     let chunk = bytes_chunk();
-    let stream = futures::stream::iter((0..40).map(move |_| Ok::<_, std::io::Error>(chunk.clone())));
+    let stream =
+        futures::stream::iter((0..40).map(move |_| Ok::<_, std::io::Error>(chunk.clone())));
     let response = http()
         .post(&url)
         .bearer_auth(&token)
@@ -221,7 +349,9 @@ async fn request_refusals_name_the_problem() {
     assert_eq!(response.status(), 413);
 
     // 1 MiB per batch.
-    let events: Vec<Value> = (0..20).map(|_| json!({"message": "y".repeat(60 * 1024), "visibility": "broadcast"})).collect();
+    let events: Vec<Value> = (0..20)
+        .map(|_| json!({"message": "y".repeat(60 * 1024), "visibility": "broadcast"}))
+        .collect();
     let (status, _, _) = post_json(&format!("{url}/batch"), Some(&token), &json!(events)).await;
     assert_eq!(status, 413);
 
@@ -239,12 +369,21 @@ async fn unreachable_broker_answers_503_never_202() {
     let gw = TestGateway::start(&stack, &repo_root().join("routes.yaml"), overlay).await;
     let token = stack.token(Uuid::new_v4(), "down@example.com");
     let url = format!("{}/api/v1/events/message", gw.url);
-    let (status, headers, body) = post_json(&url, Some(&token), &json!({"message": "lost?", "visibility": "broadcast"})).await;
+    let (status, headers, body) = post_json(
+        &url,
+        Some(&token),
+        &json!({"message": "lost?", "visibility": "broadcast"}),
+    )
+    .await;
     assert_eq!(status, 503, "{body}");
     assert_eq!(headers.get("retry-after").unwrap(), "7");
     assert_eq!(body["error"]["code"], "unavailable");
 
-    let ready = http().get(format!("{}/readyz", gw.url)).send().await.unwrap();
+    let ready = http()
+        .get(format!("{}/readyz", gw.url))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(ready.status(), 503);
     let ready: Value = ready.json().await.unwrap();
     assert_eq!(ready["checks"]["kafka"]["status"], "unavailable");
@@ -257,15 +396,46 @@ async fn unreachable_broker_answers_503_never_202() {
 async fn health_ready_and_metrics() {
     let stack = Stack::load();
     let gw = TestGateway::start(&stack, &repo_root().join("routes.yaml"), "").await;
-    assert_eq!(http().get(format!("{}/healthz", gw.url)).send().await.unwrap().status(), 200);
-    let ready = http().get(format!("{}/readyz", gw.url)).send().await.unwrap();
+    assert_eq!(
+        http()
+            .get(format!("{}/healthz", gw.url))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    let ready = http()
+        .get(format!("{}/readyz", gw.url))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(ready.status(), 200);
     let token = stack.token(Uuid::new_v4(), "m@example.com");
     let url = format!("{}/api/v1/events/message", gw.url);
-    assert_eq!(post_json(&url, Some(&token), &json!({"message": "m", "visibility": "broadcast"})).await.0, 202);
+    assert_eq!(
+        post_json(
+            &url,
+            Some(&token),
+            &json!({"message": "m", "visibility": "broadcast"})
+        )
+        .await
+        .0,
+        202
+    );
     assert_eq!(post_json(&url, None, &json!({})).await.0, 401);
-    let metrics = http().get(format!("{}/metrics", gw.url)).send().await.unwrap().text().await.unwrap();
-    assert!(metrics.contains("gateway_requests_total{route=\"message\",status=\"202\"}"), "{metrics}");
+    let metrics = http()
+        .get(format!("{}/metrics", gw.url))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("gateway_requests_total{route=\"message\",status=\"202\"}"),
+        "{metrics}"
+    );
     assert!(metrics.contains("gateway_rejected_total{reason=\"unauthorized\"}"));
     assert!(metrics.contains("substrate_kafka_produce_seconds"));
     gw.stop().await;

@@ -26,13 +26,21 @@ fn table(names: &[&str]) -> String {
 
 async fn status_of(gw: &TestGateway, token: &str, name: &str) -> u16 {
     let url = format!("{}/api/v1/events/{name}", gw.url);
-    post_json(&url, Some(token), &json!({"message": "r", "visibility": "broadcast"})).await.0
+    post_json(
+        &url,
+        Some(token),
+        &json!({"message": "r", "visibility": "broadcast"}),
+    )
+    .await
+    .0
 }
 
 async fn until_status(gw: &TestGateway, token: &str, name: &str, expected: u16) {
-    eventually(Duration::from_secs(10), &format!("route {name} to answer {expected}"), || async {
-        (status_of(gw, token, name).await == expected).then_some(())
-    })
+    eventually(
+        Duration::from_secs(10),
+        &format!("route {name} to answer {expected}"),
+        || async { (status_of(gw, token, name).await == expected).then_some(()) },
+    )
     .await
     .unwrap();
 }

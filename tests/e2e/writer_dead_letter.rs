@@ -7,7 +7,9 @@ use std::time::Duration;
 use rdkafka::message::{Header, Message, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use substrate_runtime::Shutdown;
-use substrate_testkit::{count_rows, encode_message, eventually, message_event, message_topic, unique, Outage, Stack};
+use substrate_testkit::{
+    count_rows, encode_message, eventually, message_event, message_topic, unique, Outage, Stack,
+};
 use uuid::Uuid;
 
 struct TestWriter {
@@ -15,7 +17,13 @@ struct TestWriter {
     handle: tokio::task::JoinHandle<anyhow::Result<()>>,
 }
 
-async fn start_writer(stack: &Stack, topic: &str, dlq: &str, event_type: &str, database_url: &str) -> TestWriter {
+async fn start_writer(
+    stack: &Stack,
+    topic: &str,
+    dlq: &str,
+    event_type: &str,
+    database_url: &str,
+) -> TestWriter {
     let yaml = format!(
         "notification_writer:\n  listen: 127.0.0.1:0\n  group_id: {group}\n  batch_max_rows: 50\n  batch_max_ms: 20\n  dead_letter_topic: {dlq}\n  topics:\n    {topic}:\n      event_type: {event_type}\n      visibility_field: visibility\n      recipient_field: recipient_id\n      sender_field: sender_id\n\
          kafka:\n  bootstrap_servers: {kafka}\n  client_id: test-writer\n\
@@ -29,7 +37,11 @@ async fn start_writer(stack: &Stack, topic: &str, dlq: &str, event_type: &str, d
         substrate_runtime::config::load_config_from("{}", &yaml).expect("writer config");
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let shutdown = Shutdown::new();
-    let handle = tokio::spawn(notification_writer::serve(config, listener, shutdown.clone()));
+    let handle = tokio::spawn(notification_writer::serve(
+        config,
+        listener,
+        shutdown.clone(),
+    ));
     TestWriter { shutdown, handle }
 }
 
@@ -41,10 +53,19 @@ async fn send(producer: &FutureProducer, topic: &str, payload: &[u8], ce_id: Opt
     let mut headers = OwnedHeaders::new();
     let id = ce_id.map(|u| u.to_string());
     if let Some(id) = &id {
-        headers = headers.insert(Header { key: "ce_id", value: Some(id.as_str()) });
+        headers = headers.insert(Header {
+            key: "ce_id",
+            value: Some(id.as_str()),
+        });
     }
-    let record = FutureRecord::<[u8], [u8]>::to(topic).payload(payload).partition(0).headers(headers);
-    producer.send(record, Duration::from_secs(10)).await.expect("produce");
+    let record = FutureRecord::<[u8], [u8]>::to(topic)
+        .payload(payload)
+        .partition(0)
+        .headers(headers);
+    producer
+        .send(record, Duration::from_secs(10))
+        .await
+        .expect("produce");
 }
 
 #[tokio::test]
@@ -90,15 +111,25 @@ async fn poison_records_are_dead_lettered_and_the_partition_moves_on() {
             .unwrap()
     });
     let header = |m: &rdkafka::message::OwnedMessage, k: &str| {
-        substrate_kafka::headers::header_str(m.headers().unwrap(), k).unwrap().to_string()
+        substrate_kafka::headers::header_str(m.headers().unwrap(), k)
+            .unwrap()
+            .to_string()
     };
-    assert_eq!(dead[0].payload(), Some(&b"definitely not avro"[..]), "original bytes kept");
+    assert_eq!(
+        dead[0].payload(),
+        Some(&b"definitely not avro"[..]),
+        "original bytes kept"
+    );
     assert_eq!(header(&dead[0], "dlq_source_topic"), topic);
     assert_eq!(header(&dead[0], "dlq_source_partition"), "0");
     assert_eq!(header(&dead[0], "dlq_source_offset"), "0");
     assert!(header(&dead[0], "dlq_error").contains("undecodable"));
     assert_eq!(header(&dead[1], "dlq_source_offset"), "1");
-    assert!(header(&dead[1], "dlq_error").contains("recipient"), "{}", header(&dead[1], "dlq_error"));
+    assert!(
+        header(&dead[1], "dlq_error").contains("recipient"),
+        "{}",
+        header(&dead[1], "dlq_error")
+    );
     assert_eq!(dead[1].payload(), Some(&bad[..]));
 
     writer.shutdown.cancel();
@@ -120,14 +151,20 @@ async fn postgres_outage_holds_offsets_and_the_writer_resumes() {
         format!("127.0.0.1:{port}").parse().unwrap()
     };
     let outage = Outage::proxy(pg).await;
-    let via_proxy = stack
-        .database_url
-        .replace(&format!(":{}/", pg.port()), &format!(":{}/", outage.addr.port()));
+    let via_proxy = stack.database_url.replace(
+        &format!(":{}/", pg.port()),
+        &format!(":{}/", outage.addr.port()),
+    );
     let writer = start_writer(&stack, &topic, &dlq, &event_type, &via_proxy).await;
     let producer = producer(&stack);
     let db = stack.db().await;
 
-    let first = encode_message(&stack, &topic, &message_event(Uuid::new_v4(), None, "before")).await;
+    let first = encode_message(
+        &stack,
+        &topic,
+        &message_event(Uuid::new_v4(), None, "before"),
+    )
+    .await;
     send(&producer, &topic, &first, None).await;
     eventually(Duration::from_secs(30), "the first row", || async {
         (count_rows(&db, &event_type).await == 1).then_some(())
@@ -137,16 +174,27 @@ async fn postgres_outage_holds_offsets_and_the_writer_resumes() {
 
     outage.down();
     for i in 0..20 {
-        let payload = encode_message(&stack, &topic, &message_event(Uuid::new_v4(), None, &format!("during {i}"))).await;
+        let payload = encode_message(
+            &stack,
+            &topic,
+            &message_event(Uuid::new_v4(), None, &format!("during {i}")),
+        )
+        .await;
         send(&producer, &topic, &payload, None).await;
     }
     tokio::time::sleep(Duration::from_secs(3)).await;
-    assert_eq!(count_rows(&db, &event_type).await, 1, "nothing is written while Postgres is away");
+    assert_eq!(
+        count_rows(&db, &event_type).await,
+        1,
+        "nothing is written while Postgres is away"
+    );
 
     outage.restore();
-    eventually(Duration::from_secs(30), "the held rows after the outage", || async {
-        (count_rows(&db, &event_type).await == 21).then_some(())
-    })
+    eventually(
+        Duration::from_secs(30),
+        "the held rows after the outage",
+        || async { (count_rows(&db, &event_type).await == 21).then_some(()) },
+    )
     .await
     .unwrap();
     writer.shutdown.cancel();

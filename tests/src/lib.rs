@@ -66,18 +66,25 @@ impl Stack {
         KafkaConfig::local(&self.bootstrap_servers)
     }
 
+    /// One registry client per process, so its schema cache and connections are shared.
     pub fn registry(&self) -> Registry {
-        Registry::new(&RegistryConfig {
-            url: self.registry_url.clone(),
-            timeout_ms: 10_000,
-        })
-        .expect("registry settings")
+        static REGISTRY: std::sync::OnceLock<Registry> = std::sync::OnceLock::new();
+        REGISTRY
+            .get_or_init(|| {
+                Registry::new(&RegistryConfig {
+                    url: self.registry_url.clone(),
+                    timeout_ms: 10_000,
+                })
+                .expect("registry settings")
+            })
+            .clone()
     }
 
     pub async fn db(&self) -> tokio_postgres::Client {
-        let (client, connection) = tokio_postgres::connect(&self.database_url, tokio_postgres::NoTls)
-            .await
-            .expect("connect to the stack's PostgreSQL");
+        let (client, connection) =
+            tokio_postgres::connect(&self.database_url, tokio_postgres::NoTls)
+                .await
+                .expect("connect to the stack's PostgreSQL");
         tokio::spawn(connection);
         client
     }
@@ -201,14 +208,18 @@ impl Outage {
         let cut = generation.clone();
         tokio::spawn(async move {
             loop {
-                let Ok((mut inbound, _)) = listener.accept().await else { break };
+                let Ok((mut inbound, _)) = listener.accept().await else {
+                    break;
+                };
                 if !flag.load(Ordering::SeqCst) {
                     drop(inbound);
                     continue;
                 }
                 let mut cut = cut.subscribe();
                 tokio::spawn(async move {
-                    let Ok(mut outbound) = tokio::net::TcpStream::connect(target).await else { return };
+                    let Ok(mut outbound) = tokio::net::TcpStream::connect(target).await else {
+                        return;
+                    };
                     tokio::select! {
                         _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
                         _ = cut.changed() => {}
@@ -216,7 +227,11 @@ impl Outage {
                 });
             }
         });
-        Self { addr, up, generation }
+        Self {
+            addr,
+            up,
+            generation,
+        }
     }
 
     /// Cuts every open connection and refuses new ones.
@@ -232,7 +247,8 @@ impl Outage {
 
 /// Registers the message schema for a test topic and returns the encoded record of `event`.
 pub async fn encode_message(stack: &Stack, topic: &str, event: &Value) -> Vec<u8> {
-    let text = std::fs::read_to_string(repo_root().join("avro/public/user/message.events.avsc")).unwrap();
+    let text =
+        std::fs::read_to_string(repo_root().join("avro/public/user/message.events.avsc")).unwrap();
     let schema = substrate_avro::Schema::parse_str(&text).unwrap();
     let value = substrate_avro::json_to_avro(&schema, event).expect("valid test event");
     stack.registry().encode(topic, value).await.expect("encode")
@@ -241,8 +257,13 @@ pub async fn encode_message(stack: &Stack, topic: &str, event: &Value) -> Vec<u8
 /// Creates `topic` and registers the message schema under its subject.
 pub async fn message_topic(stack: &Stack, topic: &str, partitions: i32) {
     stack.create_topic(topic, partitions).await;
-    let text = std::fs::read_to_string(repo_root().join("avro/public/user/message.events.avsc")).unwrap();
-    stack.registry().register(topic, &text).await.expect("register schema");
+    let text =
+        std::fs::read_to_string(repo_root().join("avro/public/user/message.events.avsc")).unwrap();
+    stack
+        .registry()
+        .register(topic, &text)
+        .await
+        .expect("register schema");
 }
 
 /// A message event for tests (broadcast unless a recipient is given).

@@ -111,7 +111,9 @@ impl Converter<'_> {
                 .map(|s| Value::Bytes(s.as_bytes().to_vec()))
                 .ok_or_else(|| expected(path, "a string", json)),
             Schema::Fixed(fixed) => {
-                let s = json.as_str().ok_or_else(|| expected(path, "a string", json))?;
+                let s = json
+                    .as_str()
+                    .ok_or_else(|| expected(path, "a string", json))?;
                 if s.len() != fixed.size {
                     return Err(FieldError::new(
                         path,
@@ -373,7 +375,12 @@ mod tests {
         let schema = message_schema();
         let cases = [
             ("message", json!(5), "message", "expected a string"),
-            ("visibility", json!("everyone"), "visibility", "must be one of"),
+            (
+                "visibility",
+                json!("everyone"),
+                "visibility",
+                "must be one of",
+            ),
             ("recipient_id", json!("not-a-uuid"), "recipient_id", "UUID"),
             ("event_time", json!("yesterday"), "event_time", "RFC 3339"),
         ];

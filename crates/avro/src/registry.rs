@@ -92,7 +92,10 @@ impl Registry {
                 })
             }
         };
-        let values: Vec<(&str, Value)> = fields.iter().map(|(k, v)| (k.as_str(), v.clone())).collect();
+        let values: Vec<(&str, Value)> = fields
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.clone()))
+            .collect();
         let result = self
             .encoder
             .encode(

@@ -52,7 +52,8 @@ impl From<deadpool_postgres::PoolError> for DbError {
 
 /// Builds a pool; connections are opened lazily, so this succeeds while the database is down.
 pub fn connect_pool(config: &DbConfig) -> Result<Pool, DbError> {
-    let pg = tokio_postgres::Config::from_str(&config.url).map_err(|e| DbError::Config(e.to_string()))?;
+    let pg = tokio_postgres::Config::from_str(&config.url)
+        .map_err(|e| DbError::Config(e.to_string()))?;
     let manager = Manager::from_config(
         pg,
         NoTls,

@@ -92,14 +92,15 @@ impl Verifier {
     }
 
     pub async fn verify(&self, token: &str) -> Result<Claims, AuthError> {
-        let header = decode_header(token).map_err(|e| {
-            AuthError(match e.kind() {
-                jsonwebtoken::errors::ErrorKind::InvalidAlgorithmName => {
-                    "unsupported token algorithm".to_string()
-                }
-                _ => format!("malformed token: {e}"),
-            })
-        })?;
+        if let Some(alg) = declared_algorithm(token) {
+            if !matches!(alg.as_str(), "HS256" | "ES256" | "RS256") {
+                return Err(AuthError(format!(
+                    "token algorithm `{alg}` is not accepted"
+                )));
+            }
+        }
+        let header =
+            decode_header(token).map_err(|e| AuthError(format!("malformed token: {e}")))?;
         let (key, algorithm) = match header.alg {
             Algorithm::HS256 => {
                 let key = self
@@ -109,10 +110,9 @@ impl Verifier {
                 (key, Algorithm::HS256)
             }
             Algorithm::ES256 | Algorithm::RS256 => {
-                let jwks = self
-                    .jwks
-                    .as_ref()
-                    .ok_or_else(|| AuthError(format!("{:?} tokens are not accepted", header.alg)))?;
+                let jwks = self.jwks.as_ref().ok_or_else(|| {
+                    AuthError(format!("{:?} tokens are not accepted", header.alg))
+                })?;
                 let kid = header
                     .kid
                     .as_deref()
@@ -156,6 +156,18 @@ impl Verifier {
         })?;
         Ok(data.claims)
     }
+}
+
+/// The `alg` a token's header declares, read before any library parsing so that `none` and
+/// other unsupported algorithms get a clear refusal.
+fn declared_algorithm(token: &str) -> Option<String> {
+    use base64::Engine;
+    let header = token.split('.').next()?;
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(header.trim_end_matches('='))
+        .ok()?;
+    let value: serde_json::Value = serde_json::from_slice(&bytes).ok()?;
+    value.get("alg")?.as_str().map(String::from)
 }
 
 impl Jwks {

@@ -102,19 +102,32 @@ impl Validate for Config {
                 "must be host:port, e.g. 127.0.0.1:8080",
             ));
         }
-        if self.gateway.max_event_bytes == 0 || self.gateway.max_event_bytes > self.gateway.max_batch_bytes {
+        if self.gateway.max_event_bytes == 0
+            || self.gateway.max_event_bytes > self.gateway.max_batch_bytes
+        {
             return Err(ConfigError::invalid(
                 "gateway.max_event_bytes",
                 "must be > 0 and <= gateway.max_batch_bytes",
             ));
         }
         if self.gateway.max_batch_events == 0 {
-            return Err(ConfigError::invalid("gateway.max_batch_events", "must be > 0"));
+            return Err(ConfigError::invalid(
+                "gateway.max_batch_events",
+                "must be > 0",
+            ));
         }
         if self.auth.leeway_secs > 60 {
-            return Err(ConfigError::invalid("auth.leeway_secs", "must be at most 60"));
+            return Err(ConfigError::invalid(
+                "auth.leeway_secs",
+                "must be at most 60",
+            ));
         }
-        if self.auth.jwt_secret.as_deref().is_some_and(|s| s.len() < 32) {
+        if self
+            .auth
+            .jwt_secret
+            .as_deref()
+            .is_some_and(|s| s.len() < 32)
+        {
             return Err(ConfigError::invalid(
                 "auth.jwt_secret",
                 "must be at least 32 characters",
@@ -126,7 +139,12 @@ impl Validate for Config {
                 "set auth.jwt_secret (HS256) and/or auth.jwks_url (ES256/RS256)",
             ));
         }
-        if self.webhooks.login_secret.as_deref().is_some_and(|s| s.len() < 16) {
+        if self
+            .webhooks
+            .login_secret
+            .as_deref()
+            .is_some_and(|s| s.len() < 16)
+        {
             return Err(ConfigError::invalid(
                 "webhooks.login_secret",
                 "must be at least 16 characters",

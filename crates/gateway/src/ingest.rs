@@ -53,7 +53,8 @@ fn finish(route: &str, started: Instant, result: Result<Response, ApiError>) -> 
         route.to_string()
     };
     metrics::counter!(REQUESTS, "route" => route_label.clone(), "status" => response.status().as_u16().to_string()).increment(1);
-    metrics::histogram!(REQUEST_SECONDS, "route" => route_label).record(started.elapsed().as_secs_f64());
+    metrics::histogram!(REQUEST_SECONDS, "route" => route_label)
+        .record(started.elapsed().as_secs_f64());
     response
 }
 
@@ -111,7 +112,11 @@ pub fn check_json_content_type(headers: &HeaderMap) -> Result<(), ApiError> {
 
 /// Reads at most `limit` bytes: a declared length over the limit is refused before reading, and
 /// a stream is cut off as soon as it passes the limit.
-pub async fn read_limited(headers: &HeaderMap, body: Body, limit: usize) -> Result<Bytes, ApiError> {
+pub async fn read_limited(
+    headers: &HeaderMap,
+    body: Body,
+    limit: usize,
+) -> Result<Bytes, ApiError> {
     let declared = headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
@@ -133,7 +138,10 @@ pub async fn read_limited(headers: &HeaderMap, body: Body, limit: usize) -> Resu
 fn parse_object(bytes: &[u8]) -> Result<Map<String, Json_>, ApiError> {
     match serde_json::from_slice::<Json_>(bytes) {
         Ok(Json_::Object(map)) => Ok(map),
-        Ok(_) => Err(ApiError::invalid_field("", "the event must be a JSON object")),
+        Ok(_) => Err(ApiError::invalid_field(
+            "",
+            "the event must be a JSON object",
+        )),
         Err(e) => Err(ApiError::new(
             StatusCode::BAD_REQUEST,
             "invalid_json",
@@ -143,13 +151,20 @@ fn parse_object(bytes: &[u8]) -> Result<Map<String, Json_>, ApiError> {
 }
 
 /// Adds the gateway's fields (event id and time, JWT enrichment) and checks `require` rules.
-fn prepare(route: &Route, claims: Option<&Claims>, mut event: Map<String, Json_>) -> Result<(Uuid, Json_), ApiError> {
+fn prepare(
+    route: &Route,
+    claims: Option<&Claims>,
+    mut event: Map<String, Json_>,
+) -> Result<(Uuid, Json_), ApiError> {
     let event_id = Uuid::now_v7();
     if route.schema.has_field(EVENT_ID_FIELD) {
         event.insert(EVENT_ID_FIELD.into(), Json_::String(event_id.to_string()));
     }
     if route.schema.has_field(EVENT_TIME_FIELD) {
-        event.insert(EVENT_TIME_FIELD.into(), Json_::from(Utc::now().timestamp_millis()));
+        event.insert(
+            EVENT_TIME_FIELD.into(),
+            Json_::from(Utc::now().timestamp_millis()),
+        );
     }
     if let Some(claims) = claims {
         for (field, claim) in &route.enrich {
@@ -190,28 +205,42 @@ fn target(route: &Route) -> Target<'_> {
     }
 }
 
-async fn single(app: &App, route_name: &str, headers: &HeaderMap, body: Body) -> Result<Response, ApiError> {
+async fn single(
+    app: &App,
+    route_name: &str,
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
     let (route, claims) = admit(app, route_name, headers).await?;
     let bytes = read_limited(headers, body, app.limits.max_event_bytes).await?;
     let event = parse_object(&bytes)?;
     let (event_id, event) = prepare(&route, claims.as_ref(), event)?;
-    let encoded = app.publisher.encode(&target(&route), event_id, &event).await?;
+    let encoded = app
+        .publisher
+        .encode(&target(&route), event_id, &event)
+        .await?;
     let trace = trace_from(headers.get("traceparent").and_then(|v| v.to_str().ok()));
     app.publisher.send(&route.topic, &encoded, &trace).await?;
     metrics::counter!(EVENTS_ACCEPTED, "route" => route.name.clone()).increment(1);
     Ok((StatusCode::ACCEPTED, Json(json!({ "event_id": event_id }))).into_response())
 }
 
-async fn batch(app: &App, route_name: &str, headers: &HeaderMap, body: Body) -> Result<Response, ApiError> {
+async fn batch(
+    app: &App,
+    route_name: &str,
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
     let (route, claims) = admit(app, route_name, headers).await?;
     let bytes = read_limited(headers, body, app.limits.max_batch_bytes).await?;
-    let items: Vec<Box<serde_json::value::RawValue>> = serde_json::from_slice(&bytes).map_err(|e| {
-        ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "invalid_json",
-            format!("the body must be a JSON array of events: {e}"),
-        )
-    })?;
+    let items: Vec<Box<serde_json::value::RawValue>> =
+        serde_json::from_slice(&bytes).map_err(|e| {
+            ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "invalid_json",
+                format!("the body must be a JSON array of events: {e}"),
+            )
+        })?;
     if items.is_empty() {
         return Err(ApiError::invalid_field("", "the batch is empty"));
     }
@@ -219,7 +248,11 @@ async fn batch(app: &App, route_name: &str, headers: &HeaderMap, body: Body) -> 
         return Err(ApiError::new(
             StatusCode::BAD_REQUEST,
             "too_many_events",
-            format!("a batch holds at most {} events, got {}", app.limits.max_batch_events, items.len()),
+            format!(
+                "a batch holds at most {} events, got {}",
+                app.limits.max_batch_events,
+                items.len()
+            ),
         ));
     }
     let trace = trace_from(headers.get("traceparent").and_then(|v| v.to_str().ok()));
@@ -232,7 +265,9 @@ async fn batch(app: &App, route_name: &str, headers: &HeaderMap, body: Body) -> 
         let item = if raw.get().len() > app.limits.max_event_bytes {
             Err(ApiError::too_large(app.limits.max_event_bytes))
         } else {
-            match parse_object(raw.get().as_bytes()).and_then(|e| prepare(&route, claims.as_ref(), e)) {
+            match parse_object(raw.get().as_bytes())
+                .and_then(|e| prepare(&route, claims.as_ref(), e))
+            {
                 Ok((event_id, event)) => app.publisher.encode(&target, event_id, &event).await,
                 Err(e) => Err(e),
             }
@@ -277,7 +312,11 @@ async fn batch(app: &App, route_name: &str, headers: &HeaderMap, body: Body) -> 
         let mut response = (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response();
         response.headers_mut().insert(
             "retry-after",
-            app.publisher.retry_after_secs.to_string().parse().expect("digits are a valid header"),
+            app.publisher
+                .retry_after_secs
+                .to_string()
+                .parse()
+                .expect("digits are a valid header"),
         );
         return Ok(response);
     }

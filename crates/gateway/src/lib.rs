@@ -111,15 +111,22 @@ pub fn build(config: &Config, shutdown: &Shutdown) -> anyhow::Result<(Router, Pr
 }
 
 /// Serves on `listener` until `shutdown` fires, then drains in-flight requests and flushes.
-pub async fn serve(config: Config, listener: TcpListener, shutdown: Shutdown) -> anyhow::Result<()> {
+pub async fn serve(
+    config: Config,
+    listener: TcpListener,
+    shutdown: Shutdown,
+) -> anyhow::Result<()> {
     let (router, producer) = build(&config, &shutdown)?;
     let addr = listener.local_addr()?;
     tracing::info!(%addr, "gateway listening");
     let token = shutdown.token();
-    axum::serve(listener, router.into_make_service_with_connect_info::<SocketAddr>())
-        .with_graceful_shutdown(async move { token.cancelled().await })
-        .await
-        .context("HTTP server")?;
+    axum::serve(
+        listener,
+        router.into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(async move { token.cancelled().await })
+    .await
+    .context("HTTP server")?;
     tracing::info!("HTTP server drained; flushing the producer");
     let grace = Duration::from_secs(config.gateway.shutdown_grace_secs);
     tokio::task::spawn_blocking(move || producer.flush(grace))

@@ -16,6 +16,9 @@ pub fn describe() {
     metrics::describe_counter!(REQUESTS, "HTTP requests by route and status");
     metrics::describe_histogram!(REQUEST_SECONDS, "HTTP request duration by route");
     metrics::describe_counter!(REJECTED, "Rejected requests or batch items by reason");
-    metrics::describe_counter!(EVENTS_ACCEPTED, "Events acknowledged by the broker by route");
+    metrics::describe_counter!(
+        EVENTS_ACCEPTED,
+        "Events acknowledged by the broker by route"
+    );
     metrics::describe_counter!(ROUTES_RELOADS, "routes.yaml reloads by result");
 }

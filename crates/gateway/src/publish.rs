@@ -61,7 +61,11 @@ impl Publisher {
                     ApiError::unavailable(e.to_string(), self.retry_after_secs)
                 } else {
                     tracing::error!(topic = target.topic, error = %e, "encoding failed");
-                    ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "encoding_failed", e.to_string())
+                    ApiError::new(
+                        StatusCode::INTERNAL_SERVER_ERROR,
+                        "encoding_failed",
+                        e.to_string(),
+                    )
                 }
             })?;
         Ok(Encoded {

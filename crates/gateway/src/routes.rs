@@ -95,7 +95,9 @@ impl RouteTable {
                 .chars()
                 .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.')
         {
-            return Err(bad("the name may only use letters, digits, '-', '_' and '.'".into()));
+            return Err(bad(
+                "the name may only use letters, digits, '-', '_' and '.'".into(),
+            ));
         }
         let schema = catalog
             .get(&spec.topic)
@@ -278,9 +280,10 @@ mod tests {
 
     #[test]
     fn the_repository_routes_are_valid() {
-        let text =
-            std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../../routes.yaml"))
-                .unwrap();
+        let text = std::fs::read_to_string(
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../../routes.yaml"),
+        )
+        .unwrap();
         let table = RouteTable::parse(&text, &catalog()).unwrap();
         let message = table.get("message").unwrap();
         assert_eq!(message.topic, "public.user.message.events");

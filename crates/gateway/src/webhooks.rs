@@ -44,7 +44,8 @@ pub async fn login(State(app): State<Arc<App>>, headers: HeaderMap, body: Body) 
         .await
         .unwrap_or_else(IntoResponse::into_response);
     metrics::counter!(REQUESTS, "route" => ROUTE_LABEL, "status" => response.status().as_u16().to_string()).increment(1);
-    metrics::histogram!(REQUEST_SECONDS, "route" => ROUTE_LABEL).record(started.elapsed().as_secs_f64());
+    metrics::histogram!(REQUEST_SECONDS, "route" => ROUTE_LABEL)
+        .record(started.elapsed().as_secs_f64());
     response
 }
 
@@ -55,9 +56,15 @@ fn secret_matches(expected: &str, given: Option<&[u8]>) -> bool {
 async fn handle_login(app: &App, headers: &HeaderMap, body: Body) -> Result<Response, ApiError> {
     let login = &app.login;
     let expected = login.secret.as_deref().ok_or_else(|| {
-        ApiError::unavailable("the login webhook is not configured (webhooks.login_secret)", 60)
+        ApiError::unavailable(
+            "the login webhook is not configured (webhooks.login_secret)",
+            60,
+        )
     })?;
-    if !secret_matches(expected, headers.get(&login.secret_header).map(|v| v.as_bytes())) {
+    if !secret_matches(
+        expected,
+        headers.get(&login.secret_header).map(|v| v.as_bytes()),
+    ) {
         return Err(ApiError::unauthorized(format!(
             "missing or wrong `{}` header",
             login.secret_header
@@ -75,7 +82,10 @@ async fn handle_login(app: &App, headers: &HeaderMap, body: Body) -> Result<Resp
     if hook.schema != "auth" || hook.table != "users" {
         return Err(ApiError::invalid_field(
             "table",
-            format!("only auth.users changes are accepted, got {}.{}", hook.schema, hook.table),
+            format!(
+                "only auth.users changes are accepted, got {}.{}",
+                hook.schema, hook.table
+            ),
         ));
     }
     let record = hook
@@ -107,7 +117,10 @@ async fn handle_login(app: &App, headers: &HeaderMap, body: Body) -> Result<Resp
         )
             .into_response());
     };
-    let event_id = Uuid::new_v5(&LOGIN_NAMESPACE, format!("{user_id}/{signed_in_at}").as_bytes());
+    let event_id = Uuid::new_v5(
+        &LOGIN_NAMESPACE,
+        format!("{user_id}/{signed_in_at}").as_bytes(),
+    );
     let event_time = DateTime::parse_from_rfc3339(signed_in_at)
         .map(|t| t.with_timezone(&Utc))
         .or_else(|_| {
@@ -155,8 +168,14 @@ mod tests {
 
     #[test]
     fn secret_comparison() {
-        assert!(secret_matches("s3cret-s3cret-s3", Some(b"s3cret-s3cret-s3")));
-        assert!(!secret_matches("s3cret-s3cret-s3", Some(b"s3cret-s3cret-s4")));
+        assert!(secret_matches(
+            "s3cret-s3cret-s3",
+            Some(b"s3cret-s3cret-s3")
+        ));
+        assert!(!secret_matches(
+            "s3cret-s3cret-s3",
+            Some(b"s3cret-s3cret-s4")
+        ));
         assert!(!secret_matches("s3cret-s3cret-s3", Some(b"s3cret")));
         assert!(!secret_matches("s3cret-s3cret-s3", None));
     }

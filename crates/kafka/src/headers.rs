@@ -51,7 +51,9 @@ impl CloudEvent {
     pub fn from_headers<H: Headers>(headers: &H) -> Option<Self> {
         let id = header_str(headers, CE_ID)?.to_string();
         let event_type = header_str(headers, CE_TYPE)?.to_string();
-        let source = header_str(headers, CE_SOURCE).unwrap_or_default().to_string();
+        let source = header_str(headers, CE_SOURCE)
+            .unwrap_or_default()
+            .to_string();
         let time = header_str(headers, CE_TIME)
             .and_then(|t| DateTime::parse_from_rfc3339(t).ok())
             .map(|t| t.with_timezone(&Utc))

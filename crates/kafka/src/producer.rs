@@ -87,7 +87,10 @@ impl Producer {
         if let Some(key) = key {
             record = record.key(key);
         }
-        let result = self.inner.send(record, Timeout::After(Duration::ZERO)).await;
+        let result = self
+            .inner
+            .send(record, Timeout::After(Duration::ZERO))
+            .await;
         metrics::histogram!(PRODUCE_LATENCY, "topic" => topic.to_string())
             .record(started.elapsed().as_secs_f64());
         match result {

@@ -71,8 +71,19 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let histogram = Arc::new(Mutex::new(new_histogram()));
 
     // Warm-up: one request so the gateway's schema cache and connections exist.
-    let warm = client.post(&url).bearer_auth(&token).header("content-type", "application/json").body(body.clone()).send().await.context("warm-up request")?;
-    anyhow::ensure!(warm.status().is_success(), "warm-up answered {}", warm.status());
+    let warm = client
+        .post(&url)
+        .bearer_auth(&token)
+        .header("content-type", "application/json")
+        .body(body.clone())
+        .send()
+        .await
+        .context("warm-up request")?;
+    anyhow::ensure!(
+        warm.status().is_success(),
+        "warm-up answered {}",
+        warm.status()
+    );
 
     let started = Instant::now();
     let deadline = started + args.duration;
@@ -80,7 +91,8 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     match args.rate {
         None => {
             for _ in 0..args.connections {
-                let (client, url, token, body) = (client.clone(), url.clone(), token.clone(), body.clone());
+                let (client, url, token, body) =
+                    (client.clone(), url.clone(), token.clone(), body.clone());
                 let (totals, histogram) = (totals.clone(), histogram.clone());
                 workers.push(tokio::spawn(async move {
                     let mut local = new_histogram();
@@ -100,7 +112,8 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             while next < deadline {
                 tokio::time::sleep_until(next.into()).await;
                 let scheduled = next;
-                let (client, url, token, body) = (client.clone(), url.clone(), token.clone(), body.clone());
+                let (client, url, token, body) =
+                    (client.clone(), url.clone(), token.clone(), body.clone());
                 let (totals, histogram) = (totals.clone(), histogram.clone());
                 local.push(tokio::spawn(async move {
                     let ok = send(&client, &url, &token, &body).await;
@@ -121,7 +134,12 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         (None, 0) => format!("http single c={}", args.connections),
         (None, b) => format!("http batch={b} c={}", args.connections),
     };
-    report(&label, totals.events.load(Ordering::Relaxed), elapsed, Some(&*histogram.lock().await));
+    report(
+        &label,
+        totals.events.load(Ordering::Relaxed),
+        elapsed,
+        Some(&*histogram.lock().await),
+    );
     let failures = totals.failures.load(Ordering::Relaxed);
     if failures > 0 {
         println!("{label}: {failures} failed requests");
@@ -129,7 +147,13 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn record(totals: &Totals, h: &mut hdrhistogram::Histogram<u64>, since: Instant, ok: bool, events: u64) {
+fn record(
+    totals: &Totals,
+    h: &mut hdrhistogram::Histogram<u64>,
+    since: Instant,
+    ok: bool,
+    events: u64,
+) {
     if ok {
         totals.events.fetch_add(events, Ordering::Relaxed);
         let _ = h.record(since.elapsed().as_micros().max(1) as u64);

@@ -61,7 +61,10 @@ pub fn new_histogram() -> Histogram<u64> {
 /// Prints one result line set; latencies are in microseconds in the histogram.
 pub fn report(label: &str, events: u64, elapsed: Duration, latency: Option<&Histogram<u64>>) {
     let rate = events as f64 / elapsed.as_secs_f64();
-    println!("{label}: {events} events in {:.2} s = {rate:.0} events/s", elapsed.as_secs_f64());
+    println!(
+        "{label}: {events} events in {:.2} s = {rate:.0} events/s",
+        elapsed.as_secs_f64()
+    );
     if let Some(h) = latency.filter(|h| !h.is_empty()) {
         let ms = |q: f64| h.value_at_quantile(q) as f64 / 1000.0;
         println!(

@@ -14,7 +14,11 @@ use crate::{parse_duration, report};
 
 #[derive(clap::Args)]
 pub struct Args {
-    #[arg(long, env = "KAFKA_BOOTSTRAP_SERVERS", default_value = "127.0.0.1:9092")]
+    #[arg(
+        long,
+        env = "KAFKA_BOOTSTRAP_SERVERS",
+        default_value = "127.0.0.1:9092"
+    )]
     bootstrap_servers: String,
     #[arg(long, env = "SCHEMA_REGISTRY_URL")]
     schema_registry_url: String,
@@ -39,7 +43,10 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let schema = catalog
         .get(&args.topic)
         .ok_or_else(|| anyhow::anyhow!("no schema for {}", args.topic))?;
-    let registry = Registry::new(&RegistryConfig { url: args.schema_registry_url.clone(), timeout_ms: 10_000 })?;
+    let registry = Registry::new(&RegistryConfig {
+        url: args.schema_registry_url.clone(),
+        timeout_ms: 10_000,
+    })?;
     let event = json!({
         "event_id": Uuid::now_v7(), "event_time": chrono::Utc::now().timestamp_millis(),
         "sender_id": Uuid::new_v4(), "sender_email": "load@example.com",
@@ -60,11 +67,15 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let trace = TraceParent::new_root();
     while Instant::now() < deadline {
         while in_flight.len() < args.in_flight && Instant::now() < deadline {
-            let headers = CloudEvent::new(Uuid::now_v7(), "user.message", "/loadgen").to_headers(&trace);
+            let headers =
+                CloudEvent::new(Uuid::now_v7(), "user.message", "/loadgen").to_headers(&trace);
             let producer = producer.clone();
             let (topic, key, payload) = (args.topic.clone(), key.clone(), payload.clone());
             in_flight.push(async move {
-                let record = FutureRecord::to(&topic).key(&key).payload(&payload).headers(headers);
+                let record = FutureRecord::to(&topic)
+                    .key(&key)
+                    .payload(&payload)
+                    .headers(headers);
                 producer.send(record, Duration::from_secs(5)).await.is_ok()
             });
         }
@@ -75,7 +86,11 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         }
     }
     while let Some(ok) = in_flight.next().await {
-        if ok { acked += 1 } else { failed += 1 }
+        if ok {
+            acked += 1
+        } else {
+            failed += 1
+        }
     }
     report("raw producer", acked, started.elapsed(), None);
     if failed > 0 {

@@ -12,7 +12,11 @@ use uuid::Uuid;
 
 #[derive(clap::Args)]
 pub struct Args {
-    #[arg(long, env = "KAFKA_BOOTSTRAP_SERVERS", default_value = "127.0.0.1:9092")]
+    #[arg(
+        long,
+        env = "KAFKA_BOOTSTRAP_SERVERS",
+        default_value = "127.0.0.1:9092"
+    )]
     bootstrap_servers: String,
     #[arg(long, env = "SCHEMA_REGISTRY_URL")]
     schema_registry_url: String,
@@ -28,10 +32,18 @@ pub struct Args {
 
 pub async fn run(args: Args) -> anyhow::Result<()> {
     let catalog = Catalog::load(&args.avro_dir)?;
-    let schema = catalog.get(&args.topic).ok_or_else(|| anyhow::anyhow!("no schema for {}", args.topic))?;
-    let registry = Registry::new(&RegistryConfig { url: args.schema_registry_url.clone(), timeout_ms: 10_000 })?;
-    let producer: FutureProducer = KafkaConfig::local(&args.bootstrap_servers).producer_config().create()?;
-    let (db, connection) = tokio_postgres::connect(&args.database_url, tokio_postgres::NoTls).await?;
+    let schema = catalog
+        .get(&args.topic)
+        .ok_or_else(|| anyhow::anyhow!("no schema for {}", args.topic))?;
+    let registry = Registry::new(&RegistryConfig {
+        url: args.schema_registry_url.clone(),
+        timeout_ms: 10_000,
+    })?;
+    let producer: FutureProducer = KafkaConfig::local(&args.bootstrap_servers)
+        .producer_config()
+        .create()?;
+    let (db, connection) =
+        tokio_postgres::connect(&args.database_url, tokio_postgres::NoTls).await?;
     tokio::spawn(connection);
     let marker = format!("loadgen-{}", Uuid::new_v4().simple());
     let sender = Uuid::new_v4();
@@ -49,8 +61,16 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         let producer = producer.clone();
         let topic = args.topic.clone();
         in_flight.push(async move {
-            let record = FutureRecord::to(&topic).key(&id.to_string()).payload(&payload).headers(headers);
-            producer.send(record, Duration::from_secs(30)).await.map(|_| ()).map_err(|(e, _)| e)
+            let key = id.to_string();
+            let record = FutureRecord::to(&topic)
+                .key(&key)
+                .payload(&payload)
+                .headers(headers);
+            producer
+                .send(record, Duration::from_secs(30))
+                .await
+                .map(|_| ())
+                .map_err(|(e, _)| e)
         });
         if in_flight.len() >= 20_000 {
             in_flight.next().await.transpose()?;
@@ -59,7 +79,11 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     while let Some(r) = in_flight.next().await {
         r?;
     }
-    println!("produced {} events in {:.2} s", args.events, produce_started.elapsed().as_secs_f64());
+    println!(
+        "produced {} events in {:.2} s",
+        args.events,
+        produce_started.elapsed().as_secs_f64()
+    );
 
     let count = || async {
         db.query_one(
@@ -80,10 +104,17 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             let (t0, n0) = first.expect("rows seen");
             let elapsed = t0.elapsed();
             crate::report("notification-writer", n - n0, elapsed, None);
-            println!("notification-writer: from the start of producing to the last row {:.2} s", produce_started.elapsed().as_secs_f64());
+            println!(
+                "notification-writer: from the start of producing to the last row {:.2} s",
+                produce_started.elapsed().as_secs_f64()
+            );
             return Ok(());
         }
-        anyhow::ensure!(Instant::now() < deadline, "timed out with {n} of {} rows", args.events);
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "timed out with {n} of {} rows",
+            args.events
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }

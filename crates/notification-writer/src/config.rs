@@ -76,15 +76,21 @@ impl Validate for Config {
             ));
         }
         if w.batch_max_rows == 0 {
-            return Err(ConfigError::invalid("notification_writer.batch_max_rows", "must be > 0"));
+            return Err(ConfigError::invalid(
+                "notification_writer.batch_max_rows",
+                "must be > 0",
+            ));
         }
         if !w.topics.values().any(|m| m.enabled) {
-            return Err(ConfigError::invalid("notification_writer.topics", "map at least one topic"));
+            return Err(ConfigError::invalid(
+                "notification_writer.topics",
+                "map at least one topic",
+            ));
         }
         for (topic, mapping) in &w.topics {
-            mapping
-                .validate()
-                .map_err(|m| ConfigError::invalid(format!("notification_writer.topics.{topic}"), m))?;
+            mapping.validate().map_err(|m| {
+                ConfigError::invalid(format!("notification_writer.topics.{topic}"), m)
+            })?;
         }
         Ok(())
     }

@@ -26,7 +26,11 @@ pub async fn run(config: Config, shutdown: Shutdown) -> anyhow::Result<()> {
     serve(config, listener, shutdown).await
 }
 
-pub async fn serve(config: Config, listener: TcpListener, shutdown: Shutdown) -> anyhow::Result<()> {
+pub async fn serve(
+    config: Config,
+    listener: TcpListener,
+    shutdown: Shutdown,
+) -> anyhow::Result<()> {
     metrics::describe();
     let w = &config.notification_writer;
     let pool = substrate_db::connect_pool(&config.database)?;
@@ -65,7 +69,11 @@ pub async fn serve(config: Config, listener: TcpListener, shutdown: Shutdown) ->
         consumer,
         registry,
         pool,
-        dead_letter: DeadLetter::new(producer.clone(), w.dead_letter_topic.clone(), "notification-writer"),
+        dead_letter: DeadLetter::new(
+            producer.clone(),
+            w.dead_letter_topic.clone(),
+            "notification-writer",
+        ),
         mappings: mappings.clone(),
         batch_max_rows: w.batch_max_rows,
         batch_max: Duration::from_millis(w.batch_max_ms),

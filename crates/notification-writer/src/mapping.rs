@@ -56,7 +56,10 @@ impl Mapping {
             _ => return Err("set exactly one of visibility and visibility_field".into()),
         }
         if self.event_type.split('.').count() < 2 {
-            return Err(format!("event_type `{}` must be domain.entity", self.event_type));
+            return Err(format!(
+                "event_type `{}` must be domain.entity",
+                self.event_type
+            ));
         }
         Ok(())
     }
@@ -72,8 +75,9 @@ impl Mapping {
                 .to_string(),
             (None, None) => return Err("mapping has no visibility".into()),
         };
-        let visibility = Visibility::parse(&visibility_text)
-            .ok_or_else(|| format!("visibility `{visibility_text}` is neither broadcast nor direct"))?;
+        let visibility = Visibility::parse(&visibility_text).ok_or_else(|| {
+            format!("visibility `{visibility_text}` is neither broadcast nor direct")
+        })?;
         let recipient_id = uuid_field(&record, self.recipient_field.as_deref())?;
         let sender_id = uuid_field(&record, self.sender_field.as_deref())?;
         if visibility == Visibility::Direct && recipient_id.is_none() {
@@ -174,7 +178,10 @@ mod tests {
         assert_eq!(row.visibility, Visibility::Broadcast);
         // No id in the event: derived from the position, the same on redelivery.
         let again = message_mapping()
-            .to_row(json!({"sender_id": sender, "visibility": "broadcast"}), &origin())
+            .to_row(
+                json!({"sender_id": sender, "visibility": "broadcast"}),
+                &origin(),
+            )
             .unwrap();
         assert_eq!(row.event_id, again.event_id);
     }
@@ -191,11 +198,17 @@ mod tests {
             .unwrap_err()
             .contains("neither"));
         assert!(m
-            .to_row(json!({"visibility": "broadcast", "sender_id": "x"}), &origin())
+            .to_row(
+                json!({"visibility": "broadcast", "sender_id": "x"}),
+                &origin()
+            )
             .unwrap_err()
             .contains("sender_id"));
-        assert!(Mapping { visibility: Some("direct".into()), ..message_mapping() }
-            .validate()
-            .is_err());
+        assert!(Mapping {
+            visibility: Some("direct".into()),
+            ..message_mapping()
+        }
+        .validate()
+        .is_err());
     }
 }

@@ -99,9 +99,16 @@ impl Writer {
 
     /// Decodes and maps one record. Registry outages are retried here (the record is fine);
     /// `None` means shutdown interrupted the retries.
-    async fn process(&self, message: &BorrowedMessage<'_>, shutdown: &CancellationToken) -> Option<Outcome> {
+    async fn process(
+        &self,
+        message: &BorrowedMessage<'_>,
+        shutdown: &CancellationToken,
+    ) -> Option<Outcome> {
         let Some(mapping) = self.mappings.get(message.topic()) else {
-            return Some(Outcome::Poison(format!("no mapping for topic {}", message.topic())));
+            return Some(Outcome::Poison(format!(
+                "no mapping for topic {}",
+                message.topic()
+            )));
         };
         let Some(payload) = message.payload() else {
             return Some(Outcome::Poison("the record has no value".into()));
@@ -144,7 +151,8 @@ impl Writer {
         loop {
             match self.dead_letter.send(message, error, 1).await {
                 Ok(_) => {
-                    metrics::counter!(DEAD_LETTERED, "topic" => message.topic().to_string()).increment(1);
+                    metrics::counter!(DEAD_LETTERED, "topic" => message.topic().to_string())
+                        .increment(1);
                     return Ok(());
                 }
                 Err(e) => {

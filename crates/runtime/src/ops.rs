@@ -39,8 +39,7 @@ impl Readiness {
 
     /// Runs every check concurrently; the answer lists each dependency's state.
     pub async fn evaluate(&self) -> (bool, serde_json::Value) {
-        let results =
-            futures_join(self.checks.iter().map(|(name, check)| (*name, check()))).await;
+        let results = futures_join(self.checks.iter().map(|(name, check)| (*name, check()))).await;
         let mut ok = true;
         let mut body = serde_json::Map::new();
         for (name, result) in results {
@@ -120,7 +119,8 @@ async fn readyz(State(state): State<OpsState>) -> Response {
     } else {
         StatusCode::SERVICE_UNAVAILABLE
     };
-    let body = serde_json::json!({"status": if ok { "ready" } else { "not_ready" }, "checks": checks});
+    let body =
+        serde_json::json!({"status": if ok { "ready" } else { "not_ready" }, "checks": checks});
     (status, Json(body)).into_response()
 }
 

@@ -7,7 +7,9 @@ use std::time::Duration;
 
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
-use substrate_testkit::{count_rows, encode_message, eventually, message_event, message_topic, unique, Stack};
+use substrate_testkit::{
+    count_rows, encode_message, eventually, message_event, message_topic, unique, Stack,
+};
 use uuid::Uuid;
 
 const EVENTS: i64 = 5_000;
@@ -43,9 +45,19 @@ async fn kill_9_mid_stream_then_restart_leaves_exactly_one_row_per_event() {
         let producer = producer.clone();
         let topic = topic.clone();
         sends.push(async move {
-            let headers = OwnedHeaders::new().insert(Header { key: "ce_id", value: Some(id.as_str()) });
-            let record = FutureRecord::<str, [u8]>::to(&topic).key(&id).payload(&payload).headers(headers);
-            producer.send(record, Duration::from_secs(30)).await.map(|_| ()).map_err(|(e, _)| e)
+            let headers = OwnedHeaders::new().insert(Header {
+                key: "ce_id",
+                value: Some(id.as_str()),
+            });
+            let record = FutureRecord::<str, [u8]>::to(&topic)
+                .key(&id)
+                .payload(&payload)
+                .headers(headers);
+            producer
+                .send(record, Duration::from_secs(30))
+                .await
+                .map(|_| ())
+                .map_err(|(e, _)| e)
         });
     }
     for result in futures::future::join_all(sends).await {
@@ -59,7 +71,7 @@ async fn kill_9_mid_stream_then_restart_leaves_exactly_one_row_per_event() {
         &config,
         format!(
             "notification_writer:\n  listen: 127.0.0.1:0\n  group_id: {group}\n  batch_max_rows: 100\n  batch_max_ms: 20\n  dead_letter_topic: {dlq}\n  topics:\n    public.identity.login.events:\n      enabled: false\n    public.user.message.events:\n      enabled: false\n    {topic}:\n      event_type: {event_type}\n      visibility_field: visibility\n      recipient_field: recipient_id\n      sender_field: sender_id\n\
-             kafka:\n  bootstrap_servers: {kafka}\n\
+             kafka:\n  bootstrap_servers: {kafka}\n  extra:\n    session.timeout.ms: \"6000\"\n\
              schema_registry:\n  url: {registry}\n\
              database:\n  url: {db}\n",
             group = unique("kill-test"),
@@ -84,9 +96,11 @@ async fn kill_9_mid_stream_then_restart_leaves_exactly_one_row_per_event() {
     eprintln!("rows when killed: {seen_at_kill}..{after_kill} of {EVENTS}");
 
     let mut writer = spawn_writer(&config, &dir.join("second.log"));
-    eventually(Duration::from_secs(120), "all rows after the restart", || async {
-        (count_rows(&db, &event_type).await >= EVENTS).then_some(())
-    })
+    eventually(
+        Duration::from_secs(120),
+        "all rows after the restart",
+        || async { (count_rows(&db, &event_type).await >= EVENTS).then_some(()) },
+    )
     .await
     .unwrap();
     // Let any redelivered batch land, then check nothing was doubled.
@@ -98,7 +112,10 @@ async fn kill_9_mid_stream_then_restart_leaves_exactly_one_row_per_event() {
 
 /// Stops the restarted writer with SIGTERM (its graceful path), falling back to SIGKILL.
 fn terminate(child: &mut Child) {
-    let _ = Command::new("kill").arg("-TERM").arg(child.id().to_string()).status();
+    let _ = Command::new("kill")
+        .arg("-TERM")
+        .arg(child.id().to_string())
+        .status();
     for _ in 0..100 {
         if let Ok(Some(status)) = child.try_wait() {
             assert!(status.success(), "graceful shutdown exits 0, got {status}");
