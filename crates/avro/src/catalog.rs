@@ -29,9 +29,38 @@ pub struct TopicSchema {
     /// The schema text as written (what is registered).
     pub text: String,
     pub schema: Arc<Schema>,
+    /// Named types of `schema`, resolved once for JSON conversion.
+    pub names: Arc<crate::json::NamedTypes>,
 }
 
 impl TopicSchema {
+    fn new(
+        topic: String,
+        path: PathBuf,
+        text: String,
+        schema: Schema,
+    ) -> Result<Self, CatalogError> {
+        let names = crate::json::named_types(&schema).map_err(|message| CatalogError::Parse {
+            path: path.clone(),
+            message,
+        })?;
+        Ok(Self {
+            topic,
+            path,
+            text,
+            schema: Arc::new(schema),
+            names: Arc::new(names),
+        })
+    }
+
+    /// Validates `json` against this schema and converts it.
+    pub fn to_avro(
+        &self,
+        json: &serde_json::Value,
+    ) -> Result<apache_avro::types::Value, crate::FieldError> {
+        crate::json::json_to_avro_with(&self.schema, &self.names, json)
+    }
+
     pub fn subject(&self) -> String {
         subject_for(&self.topic)
     }
@@ -90,12 +119,7 @@ impl Catalog {
                 path: path.to_path_buf(),
             });
         }
-        Ok(TopicSchema {
-            topic: topic_for(root, path),
-            path: path.to_path_buf(),
-            text,
-            schema: Arc::new(schema),
-        })
+        TopicSchema::new(topic_for(root, path), path.to_path_buf(), text, schema)
     }
 
     pub fn get(&self, topic: &str) -> Option<&TopicSchema> {
@@ -121,15 +145,8 @@ impl Catalog {
             path: path.clone(),
             message: e.to_string(),
         })?;
-        self.topics.insert(
-            topic.to_string(),
-            TopicSchema {
-                topic: topic.to_string(),
-                path,
-                text: text.to_string(),
-                schema: Arc::new(schema),
-            },
-        );
+        let entry = TopicSchema::new(topic.to_string(), path, text.to_string(), schema)?;
+        self.topics.insert(topic.to_string(), entry);
         Ok(())
     }
 }

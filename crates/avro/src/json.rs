@@ -28,11 +28,32 @@ impl FieldError {
     }
 }
 
+/// Named types of a schema, resolved once (records, enums and fixed types referenced by name).
+pub type NamedTypes = HashMap<Name, Schema>;
+
+/// Resolves the named types of `schema` (do this once per schema, not per event).
+pub fn named_types(schema: &Schema) -> Result<NamedTypes, String> {
+    let resolved =
+        ResolvedSchema::try_from(schema).map_err(|e| format!("schema cannot be resolved: {e}"))?;
+    Ok(resolved
+        .get_names()
+        .iter()
+        .map(|(name, schema)| (name.clone(), (*schema).clone()))
+        .collect())
+}
+
 /// Converts `json` to an Avro value of `schema` (a record schema for events).
 pub fn json_to_avro(schema: &Schema, json: &Json) -> Result<Value, FieldError> {
-    let resolved = ResolvedSchema::try_from(schema)
-        .map_err(|e| FieldError::new("", format!("schema cannot be resolved: {e}")))?;
-    let names = resolved.get_names();
+    let names = named_types(schema).map_err(|e| FieldError::new("", e))?;
+    json_to_avro_with(schema, &names, json)
+}
+
+/// Like [`json_to_avro`] with the named types resolved beforehand (the hot path).
+pub fn json_to_avro_with(
+    schema: &Schema,
+    names: &NamedTypes,
+    json: &Json,
+) -> Result<Value, FieldError> {
     let converter = Converter { names };
     let namespace = match schema {
         Schema::Record(record) => record.name.namespace().map(String::from),
@@ -42,7 +63,7 @@ pub fn json_to_avro(schema: &Schema, json: &Json) -> Result<Value, FieldError> {
 }
 
 struct Converter<'a> {
-    names: &'a HashMap<Name, &'a Schema>,
+    names: &'a NamedTypes,
 }
 
 fn join(path: &str, field: &str) -> String {

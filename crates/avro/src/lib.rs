@@ -7,7 +7,7 @@ pub mod json;
 pub mod registry;
 
 pub use catalog::{Catalog, CatalogError, TopicSchema};
-pub use json::{avro_to_json, json_to_avro, FieldError};
+pub use json::{avro_to_json, json_to_avro, json_to_avro_with, FieldError};
 pub use registry::{Registry, RegistryConfig, RegistryError};
 
 pub use apache_avro::types::Value;

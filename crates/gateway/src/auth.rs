@@ -92,15 +92,14 @@ impl Verifier {
     }
 
     pub async fn verify(&self, token: &str) -> Result<Claims, AuthError> {
-        if let Some(alg) = declared_algorithm(token) {
-            if !matches!(alg.as_str(), "HS256" | "ES256" | "RS256") {
-                return Err(AuthError(format!(
-                    "token algorithm `{alg}` is not accepted"
-                )));
-            }
-        }
-        let header =
-            decode_header(token).map_err(|e| AuthError(format!("malformed token: {e}")))?;
+        let header = decode_header(token).map_err(|e| {
+            AuthError(match declared_algorithm(token) {
+                Some(alg) if !matches!(alg.as_str(), "HS256" | "ES256" | "RS256") => {
+                    format!("token algorithm `{alg}` is not accepted")
+                }
+                _ => format!("malformed token: {e}"),
+            })
+        })?;
         let (key, algorithm) = match header.alg {
             Algorithm::HS256 => {
                 let key = self

@@ -4,7 +4,7 @@
 
 use axum::http::StatusCode;
 use serde_json::Value as Json;
-use substrate_avro::{json_to_avro, Registry, TopicSchema};
+use substrate_avro::{Registry, TopicSchema};
 use substrate_kafka::{CloudEvent, ProduceError, Producer, TraceParent};
 use uuid::Uuid;
 
@@ -42,7 +42,9 @@ impl Publisher {
         event_id: Uuid,
         event: &Json,
     ) -> Result<Encoded, ApiError> {
-        let value = json_to_avro(&target.schema.schema, event)
+        let value = target
+            .schema
+            .to_avro(event)
             .map_err(|e| ApiError::invalid_field(e.field, e.message))?;
         let key = target
             .key_field
