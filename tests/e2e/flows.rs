@@ -163,7 +163,7 @@ async fn stored_records_are_confluent_wire_format_with_cloudevents_headers() {
     let stack = Stack::load();
     let sender = Uuid::new_v4();
     let token = stack.token(sender, "wire@example.com");
-    let consumer = stack.consumer("public.user.message.events");
+    let consumer = stack.consumer_at_end("public.user.message.events");
     let url = format!("{}/api/v1/events/message", stack.gateway_url);
     let (status, _, body) = post_json(
         &url,

@@ -143,6 +143,35 @@ impl Stack {
     }
 }
 
+impl Stack {
+    /// A consumer positioned at the current end of every partition of `topic`: it sees only
+    /// records produced after this call, however long the topic is.
+    pub fn consumer_at_end(&self, topic: &str) -> StreamConsumer {
+        use rdkafka::{Offset, TopicPartitionList};
+        let consumer: StreamConsumer = ClientConfig::new()
+            .set("bootstrap.servers", &self.bootstrap_servers)
+            .set("group.id", format!("test-{}", Uuid::new_v4()))
+            .set("enable.auto.commit", "false")
+            .create()
+            .expect("consumer");
+        let timeout = Duration::from_secs(10);
+        let metadata = consumer
+            .fetch_metadata(Some(topic), timeout)
+            .expect("topic metadata");
+        let mut assignment = TopicPartitionList::new();
+        for partition in metadata.topics()[0].partitions() {
+            let (_, high) = consumer
+                .fetch_watermarks(topic, partition.id(), timeout)
+                .expect("watermarks");
+            assignment
+                .add_partition_offset(topic, partition.id(), Offset::Offset(high))
+                .unwrap();
+        }
+        consumer.assign(&assignment).expect("assign");
+        consumer
+    }
+}
+
 fn read_dotenv(path: &Path) -> HashMap<String, String> {
     std::fs::read_to_string(path)
         .unwrap_or_default()

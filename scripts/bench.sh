@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# The benchmark run recorded in docs/benchmarks.md, against the running local stack:
+#   1. idle RSS of each service
+#   2. the notification-writer draining 100,000 events (loadgen writer)
+#   3. the raw producer ceiling (loadgen raw), then the gateway over HTTP with the same payload:
+#      batches, single events (closed loop), and a fixed 2,000 req/s for latency
+# The ingest runs happen with the notification-writer stopped, so that it does not compete for
+# the two cores while the gateway is measured; it is started again at the end and then drains
+# what the ingest runs produced (minutes: leave it before running the tests).
+# Every load targets 127.0.0.1 only and is bounded in time or count.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/event-substrate/target}"
+DURATION="${DURATION:-15s}"
+cargo build --release -q -p loadgen
+set -a
+# shellcheck disable=SC1091
+. .local/stack.env
+set +a
+L="$CARGO_TARGET_DIR/release/loadgen"
+
+echo "== $(date -u +%Y-%m-%dT%H:%MZ) on $(nproc) cores, $(uname -r)"
+echo "== idle RSS"
+for name in gateway notification-writer; do
+  pid=$(head -n1 ".local/run/$name.pid")
+  echo "$name: $(( $(awk '/VmRSS/ {print $2}' "/proc/$pid/status") / 1024 )) MiB"
+done
+
+echo "== notification-writer"
+"$L" writer --events 100000
+
+kill -TERM "$(head -n1 .local/run/notification-writer.pid)"
+sleep 2
+echo "== ingest (notification-writer stopped)"
+"$L" raw --duration "$DURATION"
+"$L" http --batch 100 --connections 8 --duration "$DURATION"
+"$L" http --connections 128 --duration "$DURATION"
+"$L" http --rate 2000 --duration "$DURATION"
+
+SKIP_BUILD=1 bash scripts/stack/services.sh start >/dev/null
+echo "== done; the notification-writer is draining the events produced above"
