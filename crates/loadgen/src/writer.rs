@@ -1,5 +1,6 @@
-//! notification-writer throughput: N events produced to a mapped topic, then the running
-//! writer is timed from its first to its last row of this run.
+//! notification-writer throughput: N events produced to a mapped topic, then the writer is
+//! timed from its first to its last row of this run. Start the writer after the `produced` line
+//! to measure the drain of a backlog (scripts/bench.sh does).
 
 use std::time::{Duration, Instant};
 
