@@ -121,13 +121,9 @@ async fn handle_login(app: &App, headers: &HeaderMap, body: Body) -> Result<Resp
         &LOGIN_NAMESPACE,
         format!("{user_id}/{signed_in_at}").as_bytes(),
     );
+    // to_jsonb() of a timestamptz is ISO 8601 with an offset, which RFC 3339 parsing accepts.
     let event_time = DateTime::parse_from_rfc3339(signed_in_at)
         .map(|t| t.with_timezone(&Utc))
-        .or_else(|_| {
-            // Postgres text form: "2026-11-25 10:00:00.123456+00"
-            DateTime::parse_from_str(&format!("{signed_in_at}00"), "%Y-%m-%d %H:%M:%S%.f%z")
-                .map(|t| t.with_timezone(&Utc))
-        })
         .unwrap_or_else(|_| Utc::now());
     let provider = record
         .get("raw_app_meta_data")

@@ -54,6 +54,38 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
     }
 }
 
+/// A topic to load: its schema from `avro/` and the registry that frames its records.
+#[derive(clap::Args)]
+pub struct TopicTarget {
+    #[arg(
+        long,
+        env = "KAFKA_BOOTSTRAP_SERVERS",
+        default_value = "127.0.0.1:9092"
+    )]
+    pub bootstrap_servers: String,
+    #[arg(long, env = "SCHEMA_REGISTRY_URL")]
+    pub schema_registry_url: String,
+    #[arg(long, default_value = "public.user.message.events")]
+    pub topic: String,
+    #[arg(long, default_value = "avro")]
+    pub avro_dir: std::path::PathBuf,
+}
+
+impl TopicTarget {
+    pub fn open(&self) -> anyhow::Result<(substrate_avro::TopicSchema, substrate_avro::Registry)> {
+        let catalog = substrate_avro::Catalog::load(&self.avro_dir)?;
+        let schema = catalog
+            .get(&self.topic)
+            .ok_or_else(|| anyhow::anyhow!("no schema for {}", self.topic))?
+            .clone();
+        let registry = substrate_avro::Registry::new(&substrate_avro::RegistryConfig {
+            url: self.schema_registry_url.clone(),
+            timeout_ms: 10_000,
+        })?;
+        Ok((schema, registry))
+    }
+}
+
 pub fn new_histogram() -> Histogram<u64> {
     Histogram::new_with_bounds(1, 60_000_000, 3).expect("histogram bounds")
 }

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 use futures::stream::{FuturesUnordered, StreamExt};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use serde_json::json;
-use substrate_avro::{json_to_avro, Catalog, Registry, RegistryConfig};
+use substrate_avro::json_to_avro;
 use substrate_kafka::{CloudEvent, KafkaConfig, TraceParent};
 use uuid::Uuid;
 
@@ -22,10 +22,6 @@ pub struct Args {
     bootstrap_servers: String,
     #[arg(long, env = "SCHEMA_REGISTRY_URL")]
     schema_registry_url: String,
-    #[arg(long, default_value = "public.user.message.events")]
-    topic: String,
-    #[arg(long, default_value = "avro")]
-    avro_dir: std::path::PathBuf,
     #[arg(long, default_value = "15s", value_parser = parse_duration)]
     duration: Duration,
     /// Records in flight at once.
@@ -33,28 +29,21 @@ pub struct Args {
     in_flight: usize,
     #[arg(long, default_value_t = 100)]
     message_bytes: usize,
-    /// librdkafka linger.ms (the gateway's default is 2).
+    /// librdkafka linger.ms (the gateway uses 1; a little more lets the ceiling batch more).
     #[arg(long, default_value_t = 2)]
     linger_ms: u64,
 }
 
 pub async fn run(args: Args) -> anyhow::Result<()> {
-    let catalog = Catalog::load(&args.avro_dir)?;
-    let schema = catalog
-        .get(&args.topic)
-        .ok_or_else(|| anyhow::anyhow!("no schema for {}", args.topic))?;
-    let registry = Registry::new(&RegistryConfig {
-        url: args.schema_registry_url.clone(),
-        timeout_ms: 10_000,
-    })?;
+    let (schema, registry) = args.target.open()?;
     let event = json!({
         "event_id": Uuid::now_v7(), "event_time": chrono::Utc::now().timestamp_millis(),
         "sender_id": Uuid::new_v4(), "sender_email": "load@example.com",
         "message": "x".repeat(args.message_bytes), "visibility": "broadcast", "recipient_id": null
     });
     let value = json_to_avro(&schema.schema, &event).map_err(|e| anyhow::anyhow!("{e}"))?;
-    let payload = registry.encode(&args.topic, value).await?;
-    let mut kafka = KafkaConfig::local(&args.bootstrap_servers);
+    let payload = registry.encode(&args.target.topic, value).await?;
+    let mut kafka = KafkaConfig::local(&args.target.bootstrap_servers);
     kafka.linger_ms = args.linger_ms;
     let producer: FutureProducer = kafka.producer_config().create()?;
     let key = Uuid::new_v4().to_string();
@@ -70,7 +59,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             let headers =
                 CloudEvent::new(Uuid::now_v7(), "user.message", "/loadgen").to_headers(&trace);
             let producer = producer.clone();
-            let (topic, key, payload) = (args.topic.clone(), key.clone(), payload.clone());
+            let (topic, key, payload) = (args.target.topic.clone(), key.clone(), payload.clone());
             in_flight.push(async move {
                 let record = FutureRecord::to(&topic)
                     .key(&key)

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use futures::stream::{FuturesUnordered, StreamExt};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use serde_json::json;
-use substrate_avro::{json_to_avro, Catalog, Registry, RegistryConfig};
+use substrate_avro::json_to_avro;
 use substrate_kafka::{CloudEvent, KafkaConfig, TraceParent};
 use uuid::Uuid;
 
@@ -23,24 +23,13 @@ pub struct Args {
     schema_registry_url: String,
     #[arg(long, env = "DATABASE_URL")]
     database_url: String,
-    #[arg(long, default_value = "public.user.message.events")]
-    topic: String,
-    #[arg(long, default_value = "avro")]
-    avro_dir: std::path::PathBuf,
     #[arg(long, default_value_t = 100_000)]
     events: u64,
 }
 
 pub async fn run(args: Args) -> anyhow::Result<()> {
-    let catalog = Catalog::load(&args.avro_dir)?;
-    let schema = catalog
-        .get(&args.topic)
-        .ok_or_else(|| anyhow::anyhow!("no schema for {}", args.topic))?;
-    let registry = Registry::new(&RegistryConfig {
-        url: args.schema_registry_url.clone(),
-        timeout_ms: 10_000,
-    })?;
-    let producer: FutureProducer = KafkaConfig::local(&args.bootstrap_servers)
+    let (schema, registry) = args.target.open()?;
+    let producer: FutureProducer = KafkaConfig::local(&args.target.bootstrap_servers)
         .producer_config()
         .create()?;
     let (db, connection) =
@@ -57,10 +46,10 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         let event = json!({"event_id": id, "event_time": chrono::Utc::now().timestamp_millis(),
             "sender_id": sender, "sender_email": null, "message": marker, "visibility": "broadcast", "recipient_id": null});
         let value = json_to_avro(&schema.schema, &event).map_err(|e| anyhow::anyhow!("{e}"))?;
-        let payload = registry.encode(&args.topic, value).await?;
+        let payload = registry.encode(&args.target.topic, value).await?;
         let headers = CloudEvent::new(id, "user.message", "/loadgen").to_headers(&trace);
         let producer = producer.clone();
-        let topic = args.topic.clone();
+        let topic = args.target.topic.clone();
         in_flight.push(async move {
             let key = id.to_string();
             let record = FutureRecord::to(&topic)
