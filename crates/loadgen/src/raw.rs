@@ -14,14 +14,8 @@ use crate::{parse_duration, report};
 
 #[derive(clap::Args)]
 pub struct Args {
-    #[arg(
-        long,
-        env = "KAFKA_BOOTSTRAP_SERVERS",
-        default_value = "127.0.0.1:9092"
-    )]
-    bootstrap_servers: String,
-    #[arg(long, env = "SCHEMA_REGISTRY_URL")]
-    schema_registry_url: String,
+    #[command(flatten)]
+    target: crate::TopicTarget,
     #[arg(long, default_value = "15s", value_parser = parse_duration)]
     duration: Duration,
     /// Records in flight at once.

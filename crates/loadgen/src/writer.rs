@@ -13,14 +13,8 @@ use uuid::Uuid;
 
 #[derive(clap::Args)]
 pub struct Args {
-    #[arg(
-        long,
-        env = "KAFKA_BOOTSTRAP_SERVERS",
-        default_value = "127.0.0.1:9092"
-    )]
-    bootstrap_servers: String,
-    #[arg(long, env = "SCHEMA_REGISTRY_URL")]
-    schema_registry_url: String,
+    #[command(flatten)]
+    target: crate::TopicTarget,
     #[arg(long, env = "DATABASE_URL")]
     database_url: String,
     #[arg(long, default_value_t = 100_000)]
