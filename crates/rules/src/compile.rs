@@ -1,0 +1,523 @@
+//! Compilation and evaluation. `Matcher::compile` checks every leaf against the field's type
+//! (so a rule that cannot work is refused when it is saved) and turns values into the field's
+//! representation ahead of time; `Matcher::matches` then walks a decoded record by field
+//! position without allocating.
+
+use std::cmp::Ordering;
+
+use apache_avro::types::Value;
+use apache_avro::Schema;
+use serde_json::Value as Json;
+use uuid::Uuid;
+
+use crate::ast::{Expr, Leaf, Op};
+use crate::schema::{resolve, CeAttribute, FieldInfo, FieldType, Location};
+use crate::RuleError;
+
+/// CloudEvents attributes of the record being evaluated.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct CeAttributes<'a> {
+    pub id: &'a str,
+    pub event_type: &'a str,
+    pub source: &'a str,
+    pub time_millis: i64,
+}
+
+/// A decoded record plus its CloudEvents attributes.
+#[derive(Debug, Clone, Copy)]
+pub struct Event<'a> {
+    pub record: &'a Value,
+    pub ce: CeAttributes<'a>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Num {
+    I(i64),
+    F(f64),
+}
+
+impl Num {
+    fn cmp(self, other: Num) -> Option<Ordering> {
+        match (self, other) {
+            (Num::I(a), Num::I(b)) => Some(a.cmp(&b)),
+            (a, b) => a.as_f64().partial_cmp(&b.as_f64()),
+        }
+    }
+
+    fn as_f64(self) -> f64 {
+        match self {
+            Num::I(i) => i as f64,
+            Num::F(f) => f,
+        }
+    }
+}
+
+#[derive(Debug)]
+enum Check {
+    Exists,
+    IsNull,
+    EqStr(Box<str>),
+    EqUuid(Uuid),
+    EqNum(Num),
+    EqBool(bool),
+    InStr(Box<[Box<str>]>),
+    InUuid(Box<[Uuid]>),
+    InNum(Box<[Num]>),
+    Cmp(Op, Num),
+    Between(Num, Num),
+    Prefix(Box<str>),
+    Suffix(Box<str>),
+    Contains(Box<str>),
+    ArrayHasStr(Box<str>),
+    ArrayHasNum(Num),
+}
+
+#[derive(Debug)]
+enum Access {
+    Record(Box<[(usize, Box<str>)]>),
+    Ce(CeAttribute),
+}
+
+#[derive(Debug)]
+enum Node {
+    All(Box<[Node]>),
+    Any(Box<[Node]>),
+    Not(Box<Node>),
+    Test {
+        access: Access,
+        check: Check,
+        negate: bool,
+    },
+}
+
+/// A compiled condition.
+#[derive(Debug)]
+pub struct Matcher {
+    root: Node,
+}
+
+impl Matcher {
+    /// Validates `expr` against the record `schema` and compiles it.
+    pub fn compile(expr: &Expr, schema: &Schema) -> Result<Self, RuleError> {
+        Ok(Self {
+            root: compile_node(expr, schema)?,
+        })
+    }
+
+    /// True when the event satisfies the condition. Does not allocate.
+    pub fn matches(&self, event: &Event<'_>) -> bool {
+        eval(&self.root, event)
+    }
+}
+
+fn compile_node(expr: &Expr, schema: &Schema) -> Result<Node, RuleError> {
+    Ok(match expr {
+        Expr::All(items) => Node::All(
+            items
+                .iter()
+                .map(|e| compile_node(e, schema))
+                .collect::<Result<_, _>>()?,
+        ),
+        Expr::Any(items) => Node::Any(
+            items
+                .iter()
+                .map(|e| compile_node(e, schema))
+                .collect::<Result<_, _>>()?,
+        ),
+        Expr::Not(inner) => Node::Not(Box::new(compile_node(inner, schema)?)),
+        Expr::Leaf(leaf) => compile_leaf(leaf, schema)?,
+    })
+}
+
+fn compile_leaf(leaf: &Leaf, schema: &Schema) -> Result<Node, RuleError> {
+    let info = resolve(schema, &leaf.field)?;
+    let access = match &info.location {
+        Location::Record(path) => {
+            Access::Record(path.iter().map(|(i, n)| (*i, n.as_str().into())).collect())
+        }
+        Location::Ce(attr) => Access::Ce(*attr),
+    };
+    let field = leaf.field.as_str();
+    let value = leaf.value.as_ref();
+    let (check, negate) = match leaf.op {
+        Op::Exists => (Check::Exists, false),
+        Op::Eq | Op::Ne => (
+            equality(field, &info, value.expect("parsed with a value"))?,
+            leaf.op == Op::Ne,
+        ),
+        Op::In | Op::NotIn => (
+            membership(field, &info, value.expect("parsed with a value"))?,
+            leaf.op == Op::NotIn,
+        ),
+        Op::Gt | Op::Ge | Op::Lt | Op::Le => {
+            let bound = ordered(field, &info, value.expect("parsed with a value"))?;
+            (Check::Cmp(leaf.op, bound), false)
+        }
+        Op::Between => {
+            let pair = value
+                .and_then(Json::as_array)
+                .filter(|a| a.len() == 2)
+                .ok_or_else(|| RuleError::typed(field, "`between` takes [low, high]"))?;
+            let (low, high) = (
+                ordered(field, &info, &pair[0])?,
+                ordered(field, &info, &pair[1])?,
+            );
+            if low.cmp(high) == Some(Ordering::Greater) {
+                return Err(RuleError::typed(
+                    field,
+                    "`between`: low is greater than high",
+                ));
+            }
+            (Check::Between(low, high), false)
+        }
+        Op::Prefix | Op::Suffix => {
+            if !is_text(&info.ty) {
+                return Err(mismatch(field, leaf.op, &info.ty, "text"));
+            }
+            let text = string_value(field, leaf.op, value)?;
+            (
+                if leaf.op == Op::Prefix {
+                    Check::Prefix(text)
+                } else {
+                    Check::Suffix(text)
+                },
+                false,
+            )
+        }
+        Op::Contains => match &info.ty {
+            ty if is_text(ty) => (Check::Contains(string_value(field, leaf.op, value)?), false),
+            FieldType::Array(inner) if is_text(inner) => (
+                Check::ArrayHasStr(string_value(field, leaf.op, value)?),
+                false,
+            ),
+            FieldType::Array(inner) if matches!(**inner, FieldType::Int | FieldType::Float) => {
+                let n = value.and_then(number).ok_or_else(|| {
+                    RuleError::typed(field, "`contains` on an array of numbers takes a number")
+                })?;
+                (Check::ArrayHasNum(n), false)
+            }
+            other => {
+                return Err(mismatch(
+                    field,
+                    leaf.op,
+                    other,
+                    "text or an array of strings or numbers",
+                ))
+            }
+        },
+    };
+    Ok(Node::Test {
+        access,
+        check,
+        negate,
+    })
+}
+
+fn is_text(ty: &FieldType) -> bool {
+    matches!(ty, FieldType::String | FieldType::Uuid | FieldType::Enum(_))
+}
+
+fn mismatch(field: &str, op: Op, ty: &FieldType, wanted: &str) -> RuleError {
+    RuleError::typed(
+        field,
+        format!(
+            "`{}` needs {wanted}, but the field is {}",
+            op.as_str(),
+            ty.describe()
+        ),
+    )
+}
+
+fn string_value(field: &str, op: Op, value: Option<&Json>) -> Result<Box<str>, RuleError> {
+    value
+        .and_then(Json::as_str)
+        .map(Into::into)
+        .ok_or_else(|| RuleError::typed(field, format!("`{}` takes a string", op.as_str())))
+}
+
+fn number(value: &Json) -> Option<Num> {
+    value
+        .as_i64()
+        .map(Num::I)
+        .or_else(|| value.as_f64().map(Num::F))
+}
+
+/// A value for `==`/`!=`/`in` in the field's representation.
+fn equality(field: &str, info: &FieldInfo, value: &Json) -> Result<Check, RuleError> {
+    if value.is_null() {
+        return if info.nullable {
+            Ok(Check::IsNull)
+        } else {
+            Err(RuleError::typed(
+                field,
+                "is never null; compare with a value or use `exists`",
+            ))
+        };
+    }
+    let wrong = |expected: &str| {
+        RuleError::typed(
+            field,
+            format!(
+                "is {}, so it cannot be compared with {value} (expected {expected})",
+                info.ty.describe()
+            ),
+        )
+    };
+    Ok(match &info.ty {
+        FieldType::Int | FieldType::Float => {
+            Check::EqNum(number(value).ok_or_else(|| wrong("a number"))?)
+        }
+        FieldType::Timestamp { .. } => Check::EqNum(ordered(field, info, value)?),
+        FieldType::String => Check::EqStr(value.as_str().ok_or_else(|| wrong("a string"))?.into()),
+        FieldType::Uuid => {
+            let text = value.as_str().ok_or_else(|| wrong("a UUID string"))?;
+            Check::EqUuid(Uuid::parse_str(text).map_err(|_| wrong("a UUID string"))?)
+        }
+        FieldType::Enum(symbols) => {
+            let text = value.as_str().ok_or_else(|| wrong("a string"))?;
+            if !symbols.iter().any(|s| s == text) {
+                return Err(RuleError::typed(
+                    field,
+                    format!("`{text}` is not one of {}", symbols.join(", ")),
+                ));
+            }
+            Check::EqStr(text.into())
+        }
+        FieldType::Bool => Check::EqBool(value.as_bool().ok_or_else(|| wrong("true or false"))?),
+        other => {
+            return Err(RuleError::typed(
+                field,
+                format!("is {}; only `exists` applies", other.describe()),
+            ))
+        }
+    })
+}
+
+fn membership(field: &str, info: &FieldInfo, value: &Json) -> Result<Check, RuleError> {
+    let items = value
+        .as_array()
+        .filter(|a| !a.is_empty())
+        .ok_or_else(|| RuleError::typed(field, "`in` takes a non-empty list"))?;
+    let checks = items
+        .iter()
+        .map(|v| equality(field, info, v))
+        .collect::<Result<Vec<_>, _>>()?;
+    let mut strings = Vec::new();
+    let mut uuids = Vec::new();
+    let mut numbers = Vec::new();
+    for check in checks {
+        match check {
+            Check::EqStr(s) => strings.push(s),
+            Check::EqUuid(u) => uuids.push(u),
+            Check::EqNum(n) => numbers.push(n),
+            _ => {
+                return Err(RuleError::typed(
+                    field,
+                    "`in` takes strings, UUIDs or numbers",
+                ))
+            }
+        }
+    }
+    Ok(if !numbers.is_empty() {
+        Check::InNum(numbers.into())
+    } else if !uuids.is_empty() {
+        Check::InUuid(uuids.into())
+    } else {
+        Check::InStr(strings.into())
+    })
+}
+
+/// A bound for ordering operators: numbers, or RFC 3339 times for timestamps.
+fn ordered(field: &str, info: &FieldInfo, value: &Json) -> Result<Num, RuleError> {
+    match &info.ty {
+        FieldType::Int | FieldType::Float => number(value).ok_or_else(|| {
+            RuleError::typed(
+                field,
+                format!(
+                    "is {}, so it cannot be compared with {value}",
+                    info.ty.describe()
+                ),
+            )
+        }),
+        FieldType::Timestamp { micros } => {
+            if let Some(n) = number(value) {
+                return Ok(n);
+            }
+            let time = value
+                .as_str()
+                .and_then(|s| chrono::DateTime::parse_from_rfc3339(s).ok())
+                .ok_or_else(|| {
+                    RuleError::typed(
+                        field,
+                        "is a timestamp: compare with epoch milliseconds or an RFC 3339 time",
+                    )
+                })?;
+            Ok(Num::I(if *micros {
+                time.timestamp_micros()
+            } else {
+                time.timestamp_millis()
+            }))
+        }
+        other => Err(RuleError::typed(
+            field,
+            format!(
+                "is {}; ordering needs a number or a timestamp",
+                other.describe()
+            ),
+        )),
+    }
+}
+
+fn eval(node: &Node, event: &Event<'_>) -> bool {
+    match node {
+        Node::All(items) => items.iter().all(|n| eval(n, event)),
+        Node::Any(items) => items.iter().any(|n| eval(n, event)),
+        Node::Not(inner) => !eval(inner, event),
+        Node::Test {
+            access,
+            check,
+            negate,
+        } => {
+            let result = match access {
+                Access::Record(path) => test_value(lookup(event.record, path), check),
+                Access::Ce(attr) => test_ce(*attr, &event.ce, check),
+            };
+            result != *negate
+        }
+    }
+}
+
+fn unwrap_union(value: &Value) -> &Value {
+    match value {
+        Value::Union(_, inner) => inner,
+        other => other,
+    }
+}
+
+/// The value at `path`; `None` when a record along the way is missing or null.
+fn lookup<'a>(record: &'a Value, path: &[(usize, Box<str>)]) -> Option<&'a Value> {
+    let mut current = record;
+    for (index, name) in path {
+        let Value::Record(fields) = unwrap_union(current) else {
+            return None;
+        };
+        current = match fields.get(*index) {
+            Some((n, v)) if n.as_str() == &**name => v,
+            // A writer schema with another field order: find the field by name.
+            _ => &fields.iter().find(|(n, _)| n.as_str() == &**name)?.1,
+        };
+    }
+    match unwrap_union(current) {
+        Value::Null => None,
+        other => Some(other),
+    }
+}
+
+fn num_of(value: &Value) -> Option<Num> {
+    Some(match value {
+        Value::Int(i) | Value::Date(i) | Value::TimeMillis(i) => Num::I(i64::from(*i)),
+        Value::Long(i)
+        | Value::TimestampMillis(i)
+        | Value::TimestampMicros(i)
+        | Value::LocalTimestampMillis(i)
+        | Value::LocalTimestampMicros(i)
+        | Value::TimeMicros(i) => Num::I(*i),
+        Value::Float(f) => Num::F(f64::from(*f)),
+        Value::Double(f) => Num::F(*f),
+        _ => return None,
+    })
+}
+
+/// Text of a string-like value; UUIDs are formatted into `buffer` (no allocation).
+fn text_of<'a>(value: &'a Value, buffer: &'a mut [u8; 36]) -> Option<&'a str> {
+    match value {
+        Value::String(s) | Value::Enum(_, s) => Some(s),
+        Value::Uuid(u) => Some(u.hyphenated().encode_lower(buffer)),
+        _ => None,
+    }
+}
+
+fn test_value(value: Option<&Value>, check: &Check) -> bool {
+    let Some(value) = value else {
+        return matches!(check, Check::IsNull);
+    };
+    let mut buffer = [0u8; 36];
+    match check {
+        Check::Exists => true,
+        Check::IsNull => false,
+        Check::EqStr(s) => text_of(value, &mut buffer) == Some(s),
+        Check::EqUuid(u) => {
+            matches!(value, Value::Uuid(v) if v == u)
+                || matches!(value, Value::String(s) if Uuid::parse_str(s).ok() == Some(*u))
+        }
+        Check::EqNum(n) => num_of(value).and_then(|v| v.cmp(*n)) == Some(Ordering::Equal),
+        Check::EqBool(b) => matches!(value, Value::Boolean(v) if v == b),
+        Check::InStr(set) => {
+            text_of(value, &mut buffer).is_some_and(|t| set.iter().any(|s| &**s == t))
+        }
+        Check::InUuid(set) => matches!(value, Value::Uuid(v) if set.contains(v)),
+        Check::InNum(set) => {
+            num_of(value).is_some_and(|v| set.iter().any(|n| v.cmp(*n) == Some(Ordering::Equal)))
+        }
+        Check::Cmp(op, bound) => num_of(value)
+            .and_then(|v| v.cmp(*bound))
+            .is_some_and(|o| compare(*op, o)),
+        Check::Between(low, high) => num_of(value).is_some_and(|v| {
+            matches!(v.cmp(*low), Some(Ordering::Greater | Ordering::Equal))
+                && matches!(v.cmp(*high), Some(Ordering::Less | Ordering::Equal))
+        }),
+        Check::Prefix(p) => text_of(value, &mut buffer).is_some_and(|t| t.starts_with(&**p)),
+        Check::Suffix(p) => text_of(value, &mut buffer).is_some_and(|t| t.ends_with(&**p)),
+        Check::Contains(p) => text_of(value, &mut buffer).is_some_and(|t| t.contains(&**p)),
+        Check::ArrayHasStr(s) => matches!(value, Value::Array(items) if items.iter().any(|i| {
+            let mut b = [0u8; 36];
+            text_of(unwrap_union(i), &mut b) == Some(s)
+        })),
+        Check::ArrayHasNum(n) => matches!(value, Value::Array(items) if items.iter().any(|i| {
+            num_of(unwrap_union(i)).and_then(|v| v.cmp(*n)) == Some(Ordering::Equal)
+        })),
+    }
+}
+
+fn compare(op: Op, ordering: Ordering) -> bool {
+    match op {
+        Op::Gt => ordering == Ordering::Greater,
+        Op::Ge => ordering != Ordering::Less,
+        Op::Lt => ordering == Ordering::Less,
+        Op::Le => ordering != Ordering::Greater,
+        _ => false,
+    }
+}
+
+fn test_ce(attr: CeAttribute, ce: &CeAttributes<'_>, check: &Check) -> bool {
+    let text = match attr {
+        CeAttribute::Id => ce.id,
+        CeAttribute::Type => ce.event_type,
+        CeAttribute::Source => ce.source,
+        CeAttribute::Time => {
+            let value = Value::TimestampMillis(ce.time_millis);
+            return test_value(Some(&value), check);
+        }
+    };
+    let value = StrValue(text);
+    value.test(check)
+}
+
+/// A borrowed string tested like a record string field, without building a `Value`.
+struct StrValue<'a>(&'a str);
+
+impl StrValue<'_> {
+    fn test(&self, check: &Check) -> bool {
+        let t = self.0;
+        match check {
+            Check::Exists => true,
+            Check::IsNull => false,
+            Check::EqStr(s) => t == &**s,
+            Check::InStr(set) => set.iter().any(|s| &**s == t),
+            Check::Prefix(p) => t.starts_with(&**p),
+            Check::Suffix(p) => t.ends_with(&**p),
+            Check::Contains(p) => t.contains(&**p),
+            _ => false,
+        }
+    }
+}
