@@ -5,7 +5,7 @@
 use apache_avro::Schema;
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
 use serde_json::json;
-use substrate_rules::{compile_condition, CeAttributes, Event, Matcher};
+use substrate_rules::{compile_condition, parse_condition, CeAttributes, Event, RuleSet};
 
 fn setup() -> (Schema, apache_avro::types::Value) {
     let text = std::fs::read_to_string(concat!(
@@ -24,18 +24,19 @@ fn setup() -> (Schema, apache_avro::types::Value) {
     (schema, record)
 }
 
-fn rules(schema: &Schema, n: usize) -> Vec<Matcher> {
+fn rules(schema: &Schema, n: usize) -> RuleSet<usize> {
     let segments = ["VIP", "REGULAR", "STAFF"];
-    (0..n)
-        .map(|i| {
-            let text = format!(
-                "purchase.amount > {} AND user.segment == '{}'",
-                100 + (i * 37) % 900,
-                segments[i % 3]
-            );
-            compile_condition(&json!(text), schema).unwrap()
-        })
-        .collect()
+    let mut set = RuleSet::new();
+    for i in 0..n {
+        let text = format!(
+            "purchase.amount > {} AND user.segment == '{}'",
+            100 + (i * 37) % 900,
+            segments[i % 3]
+        );
+        set.add(i, &parse_condition(&json!(text)).unwrap(), schema)
+            .unwrap();
+    }
+    set
 }
 
 fn bench(c: &mut Criterion) {
@@ -65,10 +66,7 @@ fn bench(c: &mut Criterion) {
     for n in [1usize, 10, 100] {
         let set = rules(&schema, n);
         group.bench_with_input(BenchmarkId::from_parameter(n), &set, |b, set| {
-            b.iter(|| {
-                let event = std::hint::black_box(&event);
-                set.iter().filter(|m| m.matches(event)).count()
-            })
+            b.iter(|| set.count_matches(std::hint::black_box(&event)))
         });
     }
     group.finish();

@@ -64,6 +64,11 @@ enum Check {
     InUuid(Box<[Uuid]>),
     InNum(Box<[Num]>),
     Cmp(Op, Num),
+    /// Ordering on a float field against a float bound (the common case, kept branch-light).
+    CmpF(Op, f64),
+    /// Enum symbol by position (the schema's symbol index).
+    EqEnum(u32),
+    InEnum(Box<[u32]>),
     Between(Num, Num),
     Prefix(Box<str>),
     Suffix(Box<str>),
@@ -73,13 +78,18 @@ enum Check {
 }
 
 #[derive(Debug)]
-enum Access {
-    Record(Box<[(usize, Box<str>)]>),
+pub(crate) enum Access {
+    Record(Path),
+    /// A record path interned by a [`crate::RuleSet`], read once per event.
+    Slot(u16),
     Ce(CeAttribute),
 }
 
+/// Field positions (and names, for debug checks) from the root record down.
+pub(crate) type Path = Box<[(usize, Box<str>)]>;
+
 #[derive(Debug)]
-enum Node {
+pub(crate) enum Node {
     All(Box<[Node]>),
     Any(Box<[Node]>),
     Not(Box<Node>),
@@ -90,7 +100,9 @@ enum Node {
     },
 }
 
-/// A compiled condition.
+/// A compiled condition, bound to the schema it was compiled against: evaluate it only on
+/// records decoded with that (writer) schema, since fields are read by position. The
+/// rule-evaluator keeps one matcher per rule and writer schema id.
 #[derive(Debug)]
 pub struct Matcher {
     root: Node,
@@ -106,11 +118,11 @@ impl Matcher {
 
     /// True when the event satisfies the condition. Does not allocate.
     pub fn matches(&self, event: &Event<'_>) -> bool {
-        eval(&self.root, event)
+        eval(&self.root, event, &mut Slots::<0>::new(&[]))
     }
 }
 
-fn compile_node(expr: &Expr, schema: &Schema) -> Result<Node, RuleError> {
+pub(crate) fn compile_node(expr: &Expr, schema: &Schema) -> Result<Node, RuleError> {
     Ok(match expr {
         Expr::All(items) => Node::All(
             items
@@ -151,7 +163,11 @@ fn compile_leaf(leaf: &Leaf, schema: &Schema) -> Result<Node, RuleError> {
         ),
         Op::Gt | Op::Ge | Op::Lt | Op::Le => {
             let bound = ordered(field, &info, value.expect("parsed with a value"))?;
-            (Check::Cmp(leaf.op, bound), false)
+            let check = match info.ty {
+                FieldType::Float => Check::CmpF(leaf.op, bound.as_f64()),
+                _ => Check::Cmp(leaf.op, bound),
+            };
+            (check, false)
         }
         Op::Between => {
             let pair = value
@@ -305,8 +321,10 @@ fn membership(field: &str, info: &FieldInfo, value: &Json) -> Result<Check, Rule
     let mut strings = Vec::new();
     let mut uuids = Vec::new();
     let mut numbers = Vec::new();
+    let mut symbols = Vec::new();
     for check in checks {
         match check {
+            Check::EqEnum(i) => symbols.push(i),
             Check::EqStr(s) => strings.push(s),
             Check::EqUuid(u) => uuids.push(u),
             Check::EqNum(n) => numbers.push(n),
@@ -318,7 +336,9 @@ fn membership(field: &str, info: &FieldInfo, value: &Json) -> Result<Check, Rule
             }
         }
     }
-    Ok(if !numbers.is_empty() {
+    Ok(if !symbols.is_empty() {
+        Check::InEnum(symbols.into())
+    } else if !numbers.is_empty() {
         Check::InNum(numbers.into())
     } else if !uuids.is_empty() {
         Check::InUuid(uuids.into())
@@ -368,11 +388,48 @@ fn ordered(field: &str, info: &FieldInfo, value: &Json) -> Result<Num, RuleError
     }
 }
 
-fn eval(node: &Node, event: &Event<'_>) -> bool {
+/// Values of interned paths, fetched on first use during one evaluation.
+/// `N` values are cached (at most 64); further slots are looked up each time.
+pub(crate) struct Slots<'a, 'p, const N: usize> {
+    paths: &'p [Path],
+    values: [Option<&'a Value>; N],
+    fetched: u64,
+}
+
+impl<'a, 'p, const N: usize> Slots<'a, 'p, N> {
+    pub(crate) fn new(paths: &'p [Path]) -> Self {
+        Self {
+            paths,
+            values: [None; N],
+            fetched: 0,
+        }
+    }
+
+    #[inline]
+    pub(crate) fn get(&mut self, slot: u16, record: &'a Value) -> Option<&'a Value> {
+        let slot = usize::from(slot);
+        if slot >= N.min(64) {
+            return lookup(record, &self.paths[slot]);
+        }
+        let bit = 1u64 << slot;
+        if self.fetched & bit == 0 {
+            self.values[slot] = lookup(record, &self.paths[slot]);
+            self.fetched |= bit;
+        }
+        self.values[slot]
+    }
+}
+
+#[inline]
+pub(crate) fn eval<'a, const N: usize>(
+    node: &Node,
+    event: &Event<'a>,
+    slots: &mut Slots<'a, '_, N>,
+) -> bool {
     match node {
-        Node::All(items) => items.iter().all(|n| eval(n, event)),
-        Node::Any(items) => items.iter().any(|n| eval(n, event)),
-        Node::Not(inner) => !eval(inner, event),
+        Node::All(items) => items.iter().all(|n| eval(n, event, slots)),
+        Node::Any(items) => items.iter().any(|n| eval(n, event, slots)),
+        Node::Not(inner) => !eval(inner, event, slots),
         Node::Test {
             access,
             check,
@@ -380,9 +437,30 @@ fn eval(node: &Node, event: &Event<'_>) -> bool {
         } => {
             let result = match access {
                 Access::Record(path) => test_value(lookup(event.record, path), check),
+                Access::Slot(slot) => test_value(slots.get(*slot, event.record), check),
                 Access::Ce(attr) => test_ce(*attr, &event.ce, check),
             };
             result != *negate
+        }
+    }
+}
+
+/// Replaces record paths by slots of `paths`, adding the ones not seen yet.
+pub(crate) fn intern(node: &mut Node, paths: &mut Vec<Path>) {
+    match node {
+        Node::All(items) | Node::Any(items) => items.iter_mut().for_each(|n| intern(n, paths)),
+        Node::Not(inner) => intern(inner, paths),
+        Node::Test { access, .. } => {
+            if let Access::Record(path) = access {
+                let slot = match paths.iter().position(|p| p == path) {
+                    Some(i) => i,
+                    None => {
+                        paths.push(path.clone());
+                        paths.len() - 1
+                    }
+                };
+                *access = Access::Slot(u16::try_from(slot).unwrap_or(u16::MAX));
+            }
         }
     }
 }
@@ -394,18 +472,22 @@ fn unwrap_union(value: &Value) -> &Value {
     }
 }
 
-/// The value at `path`; `None` when a record along the way is missing or null.
+/// The value at `path`; `None` when a record along the way is missing or null. Positions are
+/// those of the schema the matcher was compiled against (see [`Matcher`]).
+#[inline]
 fn lookup<'a>(record: &'a Value, path: &[(usize, Box<str>)]) -> Option<&'a Value> {
     let mut current = record;
-    for (index, name) in path {
+    for (index, _name) in path {
         let Value::Record(fields) = unwrap_union(current) else {
             return None;
         };
-        current = match fields.get(*index) {
-            Some((n, v)) if n.as_str() == &**name => v,
-            // A writer schema with another field order: find the field by name.
-            _ => &fields.iter().find(|(n, _)| n.as_str() == &**name)?.1,
-        };
+        let (_field, value) = fields.get(*index)?;
+        debug_assert_eq!(
+            _field.as_str(),
+            &**_name,
+            "record decoded with another schema"
+        );
+        current = value;
     }
     match unwrap_union(current) {
         Value::Null => None,
@@ -437,22 +519,42 @@ fn text_of<'a>(value: &'a Value, buffer: &'a mut [u8; 36]) -> Option<&'a str> {
     }
 }
 
+#[inline]
 fn test_value(value: Option<&Value>, check: &Check) -> bool {
     let Some(value) = value else {
         return matches!(check, Check::IsNull);
     };
-    let mut buffer = [0u8; 36];
     match check {
         Check::Exists => true,
         Check::IsNull => false,
-        Check::EqStr(s) => text_of(value, &mut buffer) == Some(s),
+        Check::EqStr(s) => {
+            let mut buffer = [0u8; 36];
+            text_of(value, &mut buffer) == Some(s)
+        }
         Check::EqUuid(u) => {
             matches!(value, Value::Uuid(v) if v == u)
                 || matches!(value, Value::String(s) if Uuid::parse_str(s).ok() == Some(*u))
         }
         Check::EqNum(n) => num_of(value).and_then(|v| v.cmp(*n)) == Some(Ordering::Equal),
         Check::EqBool(b) => matches!(value, Value::Boolean(v) if v == b),
+        Check::EqEnum(i) => matches!(value, Value::Enum(v, _) if v == i),
+        Check::InEnum(set) => matches!(value, Value::Enum(v, _) if set.contains(v)),
+        Check::CmpF(op, bound) => {
+            let v = match value {
+                Value::Double(d) => *d,
+                Value::Float(f) => f64::from(*f),
+                _ => return false,
+            };
+            match op {
+                Op::Gt => v > *bound,
+                Op::Ge => v >= *bound,
+                Op::Lt => v < *bound,
+                Op::Le => v <= *bound,
+                _ => false,
+            }
+        }
         Check::InStr(set) => {
+            let mut buffer = [0u8; 36];
             text_of(value, &mut buffer).is_some_and(|t| set.iter().any(|s| &**s == t))
         }
         Check::InUuid(set) => matches!(value, Value::Uuid(v) if set.contains(v)),
@@ -466,9 +568,18 @@ fn test_value(value: Option<&Value>, check: &Check) -> bool {
             matches!(v.cmp(*low), Some(Ordering::Greater | Ordering::Equal))
                 && matches!(v.cmp(*high), Some(Ordering::Less | Ordering::Equal))
         }),
-        Check::Prefix(p) => text_of(value, &mut buffer).is_some_and(|t| t.starts_with(&**p)),
-        Check::Suffix(p) => text_of(value, &mut buffer).is_some_and(|t| t.ends_with(&**p)),
-        Check::Contains(p) => text_of(value, &mut buffer).is_some_and(|t| t.contains(&**p)),
+        Check::Prefix(p) => {
+            let mut buffer = [0u8; 36];
+            text_of(value, &mut buffer).is_some_and(|t| t.starts_with(&**p))
+        }
+        Check::Suffix(p) => {
+            let mut buffer = [0u8; 36];
+            text_of(value, &mut buffer).is_some_and(|t| t.ends_with(&**p))
+        }
+        Check::Contains(p) => {
+            let mut buffer = [0u8; 36];
+            text_of(value, &mut buffer).is_some_and(|t| t.contains(&**p))
+        }
         Check::ArrayHasStr(s) => matches!(value, Value::Array(items) if items.iter().any(|i| {
             let mut b = [0u8; 36];
             text_of(unwrap_union(i), &mut b) == Some(s)

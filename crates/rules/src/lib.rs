@@ -5,11 +5,13 @@
 
 pub mod ast;
 pub mod compile;
+pub mod ruleset;
 pub mod schema;
 pub mod text;
 
 pub use ast::{Expr, Leaf, Op};
 pub use compile::{CeAttributes, Event, Matcher};
+pub use ruleset::RuleSet;
 pub use schema::FieldType;
 
 /// Why a rule cannot be saved. Messages name the field, operator or column at fault.

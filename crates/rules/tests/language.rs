@@ -162,3 +162,44 @@ fn numbers_and_strings_never_compare_across_types() {
     )
     .is_err());
 }
+
+#[test]
+fn a_rule_set_reports_the_same_matches_as_single_matchers() {
+    use substrate_rules::{parse_condition, RuleSet};
+    let conditions = [
+        json!("purchase.amount > 500 AND user.segment == 'VIP'"),
+        json!("purchase.amount > 500 AND user.segment == 'REGULAR'"),
+        json!("not purchase.coupon exists or purchase.amount < 10"),
+        json!("user.segment in ['VIP', 'STAFF'] and ce.type == 'commerce.purchase'"),
+        json!({"any": [{"field": "purchase.items", "op": ">=", "value": 10}, {"field": "purchase.tags", "op": "contains", "value": "gift"}]}),
+    ];
+    let mut set = RuleSet::new();
+    for (i, c) in conditions.iter().enumerate() {
+        set.add(i, &parse_condition(c).unwrap(), &schema()).unwrap();
+    }
+    for record in [
+        purchase(750.0, "VIP", None),
+        purchase(20.0, "REGULAR", Some("X")),
+        purchase(900.0, "STAFF", None),
+    ] {
+        let event = Event {
+            record: &record,
+            ce: CeAttributes {
+                id: "x",
+                event_type: "commerce.purchase",
+                source: "/gateway",
+                time_millis: 0,
+            },
+        };
+        let mut from_set = Vec::new();
+        set.for_each_match(&event, |i| from_set.push(*i));
+        let single: Vec<usize> = conditions
+            .iter()
+            .enumerate()
+            .filter(|(_, c)| compile_condition(c, &schema()).unwrap().matches(&event))
+            .map(|(i, _)| i)
+            .collect();
+        assert_eq!(from_set, single);
+        assert_eq!(set.count_matches(&event), single.len());
+    }
+}
