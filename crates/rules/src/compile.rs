@@ -31,7 +31,7 @@ pub struct Event<'a> {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq)]
-enum Num {
+pub(crate) enum Num {
     I(i64),
     F(f64),
 }
@@ -53,7 +53,7 @@ impl Num {
 }
 
 #[derive(Debug)]
-enum Check {
+pub(crate) enum Check {
     Exists,
     IsNull,
     EqStr(Box<str>),
@@ -291,13 +291,13 @@ fn equality(field: &str, info: &FieldInfo, value: &Json) -> Result<Check, RuleEr
         }
         FieldType::Enum(symbols) => {
             let text = value.as_str().ok_or_else(|| wrong("a string"))?;
-            if !symbols.iter().any(|s| s == text) {
-                return Err(RuleError::typed(
+            let index = symbols.iter().position(|s| s == text).ok_or_else(|| {
+                RuleError::typed(
                     field,
                     format!("`{text}` is not one of {}", symbols.join(", ")),
-                ));
-            }
-            Check::EqStr(text.into())
+                )
+            })?;
+            Check::EqEnum(index as u32)
         }
         FieldType::Bool => Check::EqBool(value.as_bool().ok_or_else(|| wrong("true or false"))?),
         other => {
