@@ -3,6 +3,7 @@
 //! Connection settings come from the same `SUBSTRATE_*` variables the services read (or flags).
 
 mod provision;
+mod rules;
 
 use std::path::PathBuf;
 
@@ -37,6 +38,9 @@ enum Command {
         #[arg(long, default_value = "topics.yaml")]
         topics_file: PathBuf,
     },
+    /// Work with business rules.
+    #[command(subcommand)]
+    Rules(rules::RulesCommand),
     /// Print an HS256 JWT the gateway accepts (Supabase claims), for local use and scripts.
     Token {
         #[arg(long, env = "SUBSTRATE_AUTH__JWT_SECRET", hide_env_values = true)]
@@ -85,6 +89,7 @@ async fn main() -> anyhow::Result<()> {
             )
             .await?;
         }
+        Command::Rules(command) => rules::run(command)?,
         Command::Token {
             jwt_secret,
             audience,
