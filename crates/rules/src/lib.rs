@@ -3,12 +3,14 @@
 //! 'VIP'`), validated against a topic's Avro schema when a rule is saved, and compiled to a
 //! matcher that evaluates a decoded record without allocating.
 
+pub mod actions;
 pub mod ast;
 pub mod compile;
 pub mod ruleset;
 pub mod schema;
 pub mod text;
 
+pub use actions::{parse_actions, Action};
 pub use ast::{Expr, Leaf, Op};
 pub use compile::{CeAttributes, Event, Matcher};
 pub use ruleset::RuleSet;

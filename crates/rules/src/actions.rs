@@ -1,0 +1,216 @@
+//! What a matching rule does: the action specs a rule carries (`actions` JSON array), checked when
+//! the rule is saved — known type, required settings, http(s) URLs, and `{{field}}` references in
+//! message templates that exist in the topic's schema. Delivery is the dispatcher's business.
+
+use std::collections::BTreeMap;
+
+use apache_avro::Schema;
+use serde::{Deserialize, Serialize};
+
+use crate::schema::resolve;
+use crate::RuleError;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum Action {
+    /// POST the event as JSON, signed per Standard Webhooks with each `whsec_` secret.
+    Webhook {
+        url: String,
+        #[serde(default)]
+        secrets: Vec<String>,
+        #[serde(default)]
+        headers: BTreeMap<String, String>,
+    },
+    /// Slack incoming webhook with a message template (`{{purchase.amount}}`).
+    Slack {
+        webhook_url: String,
+        template: String,
+    },
+    /// Discord webhook with a message template.
+    Discord {
+        webhook_url: String,
+        template: String,
+    },
+    /// Archive the event as NDJSON under `prefix/topic/date/…` in a bucket.
+    S3 {
+        bucket: String,
+        #[serde(default)]
+        prefix: String,
+    },
+    /// Forward the event to a Kafka topic.
+    Kafka { topic: String },
+    /// Write a user notification (through the notification-writer's input).
+    Notification {
+        event_type: String,
+        #[serde(default)]
+        recipient_field: Option<String>,
+    },
+}
+
+impl Action {
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::Webhook { .. } => "webhook",
+            Self::Slack { .. } => "slack",
+            Self::Discord { .. } => "discord",
+            Self::S3 { .. } => "s3",
+            Self::Kafka { .. } => "kafka",
+            Self::Notification { .. } => "notification",
+        }
+    }
+}
+
+/// Parses and checks a rule's actions against the topic's schema.
+pub fn parse_actions(value: &serde_json::Value, schema: &Schema) -> Result<Vec<Action>, RuleError> {
+    let items = value
+        .as_array()
+        .filter(|a| !a.is_empty())
+        .ok_or_else(|| RuleError::Malformed("`actions` must be a non-empty array".into()))?;
+    let mut actions = Vec::with_capacity(items.len());
+    for (index, item) in items.iter().enumerate() {
+        let action: Action = serde_json::from_value(item.clone())
+            .map_err(|e| RuleError::Malformed(format!("action {index}: {e}")))?;
+        let bad =
+            |m: String| RuleError::Malformed(format!("action {index} ({}): {m}", action.kind()));
+        match &action {
+            Action::Webhook { url, secrets, .. } => {
+                check_url(url).map_err(bad)?;
+                for secret in secrets {
+                    if !secret.starts_with("whsec_") {
+                        return Err(bad("secrets must start with `whsec_`".into()));
+                    }
+                }
+            }
+            Action::Slack {
+                webhook_url,
+                template,
+            }
+            | Action::Discord {
+                webhook_url,
+                template,
+            } => {
+                check_url(webhook_url).map_err(bad)?;
+                for field in template_fields(template).map_err(bad)? {
+                    resolve(schema, field).map_err(|e| bad(format!("template: {e}")))?;
+                }
+            }
+            Action::S3 { bucket, .. } if bucket.is_empty() => {
+                return Err(bad("`bucket` is empty".into()))
+            }
+            Action::Kafka { topic } if topic.is_empty() => {
+                return Err(bad("`topic` is empty".into()))
+            }
+            Action::Notification {
+                event_type,
+                recipient_field,
+            } => {
+                if event_type.split('.').count() < 2 {
+                    return Err(bad(format!(
+                        "event_type `{event_type}` must be domain.entity"
+                    )));
+                }
+                if let Some(field) = recipient_field {
+                    resolve(schema, field).map_err(|e| bad(format!("recipient_field: {e}")))?;
+                }
+            }
+            _ => {}
+        }
+        actions.push(action);
+    }
+    Ok(actions)
+}
+
+fn check_url(url: &str) -> Result<(), String> {
+    if url.starts_with("https://") || url.starts_with("http://") {
+        Ok(())
+    } else {
+        Err(format!("`{url}` is not an http(s) URL"))
+    }
+}
+
+/// The `{{field.path}}` references of a template.
+pub fn template_fields(template: &str) -> Result<Vec<&str>, String> {
+    let mut fields = Vec::new();
+    let mut rest = template;
+    while let Some(start) = rest.find("{{") {
+        let after = &rest[start + 2..];
+        let end = after.find("}}").ok_or("unclosed `{{` in template")?;
+        let field = after[..end].trim();
+        if field.is_empty() {
+            return Err("empty `{{}}` in template".into());
+        }
+        fields.push(field);
+        rest = &after[end + 2..];
+    }
+    Ok(fields)
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    fn schema() -> Schema {
+        let text = std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../avro/public/commerce/purchase.events.avsc"
+        ))
+        .unwrap();
+        Schema::parse_str(&text).unwrap()
+    }
+
+    #[test]
+    fn valid_actions_of_every_kind() {
+        let actions = parse_actions(
+            &json!([
+                {"type": "slack", "webhook_url": "https://hooks.slack.com/services/x", "template": "VIP {{user.email}} spent {{purchase.amount}}"},
+                {"type": "discord", "webhook_url": "https://discord.com/api/webhooks/1/x", "template": "{{ purchase.id }}"},
+                {"type": "webhook", "url": "https://example.com/hook", "secrets": ["whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"]},
+                {"type": "s3", "bucket": "event-archive", "prefix": "purchases"},
+                {"type": "kafka", "topic": "public.commerce.vip.events"},
+                {"type": "notification", "event_type": "commerce.vip_purchase", "recipient_field": "user.id"}
+            ]),
+            &schema(),
+        )
+        .unwrap();
+        assert_eq!(actions.len(), 6);
+        assert_eq!(actions[0].kind(), "slack");
+    }
+
+    #[test]
+    fn invalid_actions_name_the_problem() {
+        for (actions, fragment) in [
+            (json!([]), "non-empty"),
+            (json!([{"type": "pager"}]), "unknown variant `pager`"),
+            (json!([{"type": "webhook"}]), "missing field `url`"),
+            (
+                json!([{"type": "webhook", "url": "ftp://x"}]),
+                "not an http(s) URL",
+            ),
+            (
+                json!([{"type": "webhook", "url": "https://x", "secrets": ["abc"]}]),
+                "whsec_",
+            ),
+            (
+                json!([{"type": "slack", "webhook_url": "https://x", "template": "{{purchase.total}}"}]),
+                "unknown field `purchase.total`",
+            ),
+            (
+                json!([{"type": "slack", "webhook_url": "https://x", "template": "{{oops"}]),
+                "unclosed",
+            ),
+            (
+                json!([{"type": "s3", "bucket": "", "prefix": "p"}]),
+                "bucket",
+            ),
+            (
+                json!([{"type": "kafka", "topic": "t", "extra": 1}]),
+                "unknown field `extra`",
+            ),
+        ] {
+            let err = parse_actions(&actions, &schema()).unwrap_err().to_string();
+            assert!(err.contains(fragment), "{actions}: {err}");
+        }
+    }
+}
