@@ -125,6 +125,12 @@ impl Registry {
         Ok((result?.value, id))
     }
 
+    /// The writer schema of an id (cached after the first lookup).
+    pub async fn writer_schema(&self, id: u32) -> Result<Arc<apache_avro::Schema>, RegistryError> {
+        let schema = self.decoder.get_schema(id).await?;
+        Ok(Arc::new(schema.parsed.clone()))
+    }
+
     /// Registers `schema_text` under the topic's value subject; idempotent, returns the id.
     pub async fn register(&self, topic: &str, schema_text: &str) -> Result<u32, RegistryError> {
         let supplied = SuppliedSchema::new(None, SchemaType::Avro, schema_text.to_string());

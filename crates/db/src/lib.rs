@@ -5,5 +5,6 @@
 pub mod migrate;
 pub mod notifications;
 pub mod pool;
+pub mod rules;
 
 pub use pool::{connect_pool, DbConfig, DbError, Pool};

@@ -1,0 +1,312 @@
+//! The consume → evaluate → produce loop. For each event: decode with its writer schema,
+//! evaluate the topic's rules, produce one dispatch request per action of every matching rule,
+//! write the event to the unified stream, and only then store its offset. Request ids are
+//! deterministic, so a redelivered event produces the same requests.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use rdkafka::consumer::StreamConsumer;
+use rdkafka::message::{BorrowedMessage, Message};
+use serde_json::{json, Value as Json};
+use substrate_avro::{avro_to_json, Registry, TopicSchema};
+use substrate_kafka::consumer::OffsetBatch;
+use substrate_kafka::headers::{header_str, TRACEPARENT};
+use substrate_kafka::{CloudEvent, DeadLetter, ProduceError, Producer, TraceParent};
+use substrate_rules::{CeAttributes, Event};
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+use crate::metrics::{DEAD_LETTERED, EVENTS, MATCHES, REQUESTS};
+use crate::store::{RuleDef, Store};
+
+/// Namespace of dispatch request ids: UUIDv5 of `<event id>/<rule id>/<action index>`.
+const REQUEST_NAMESPACE: Uuid = Uuid::from_u128(0x9d3f_52a1_7c4e_4b08_a6d2_1e9b_3c5f_7a40);
+
+pub fn request_id(event_id: &str, rule_id: Uuid, action_index: usize) -> Uuid {
+    Uuid::new_v5(
+        &REQUEST_NAMESPACE,
+        format!("{event_id}/{rule_id}/{action_index}").as_bytes(),
+    )
+}
+
+pub struct Evaluator {
+    pub consumer: StreamConsumer,
+    pub registry: Registry,
+    pub store: Arc<Store>,
+    pub producer: Producer,
+    pub dead_letter: DeadLetter,
+    pub dispatch_topic: String,
+    pub dispatch_schema: TopicSchema,
+    pub unified_topic: String,
+    pub unified_schema: TopicSchema,
+}
+
+enum Failure {
+    /// Broker or registry unavailable: retry the same event.
+    Transient(String),
+    /// The record itself is bad: dead-letter it.
+    Poison(String),
+}
+
+impl Evaluator {
+    pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
+        loop {
+            let message = tokio::select! {
+                _ = shutdown.cancelled() => break,
+                m = self.consumer.recv() => m,
+            };
+            let message = match message {
+                Ok(m) => m,
+                Err(e) => {
+                    tracing::warn!(error = %e, "consumer error");
+                    continue;
+                }
+            };
+            let mut delay = Duration::from_millis(100);
+            loop {
+                match self.process(&message).await {
+                    Ok(()) => break,
+                    Err(Failure::Poison(error)) => {
+                        tracing::warn!(topic = message.topic(), offset = message.offset(), %error, "dead-lettering");
+                        if self.dead_letter.send(&message, &error, 1).await.is_ok() {
+                            metrics::counter!(DEAD_LETTERED).increment(1);
+                            break;
+                        }
+                    }
+                    Err(Failure::Transient(error)) => {
+                        tracing::warn!(%error, "retrying an event");
+                    }
+                }
+                tokio::select! {
+                    _ = shutdown.cancelled() => return Ok(()),
+                    _ = tokio::time::sleep(delay) => {}
+                }
+                delay = (delay * 2).min(Duration::from_secs(5));
+            }
+            let mut offsets = OffsetBatch::new();
+            offsets.processed(message.topic(), message.partition(), message.offset());
+            if let Err(e) = offsets.store(&self.consumer) {
+                tracing::warn!(error = %e, "storing an offset failed");
+            }
+        }
+        Ok(())
+    }
+
+    async fn process(&self, message: &BorrowedMessage<'_>) -> Result<(), Failure> {
+        let topic = message.topic();
+        let payload = message
+            .payload()
+            .ok_or_else(|| Failure::Poison("the record has no value".into()))?;
+        let (value, schema_id) = self.registry.decode(payload).await.map_err(|e| {
+            if e.retriable {
+                Failure::Transient(e.to_string())
+            } else {
+                Failure::Poison(format!("undecodable: {}", e.message))
+            }
+        })?;
+        let schema = self
+            .registry
+            .writer_schema(schema_id)
+            .await
+            .map_err(|e| Failure::Transient(e.to_string()))?;
+        let headers = message.headers();
+        let ce = headers.and_then(CloudEvent::from_headers);
+        let json = avro_to_json(&value);
+        let event_id = ce
+            .as_ref()
+            .map(|c| c.id.clone())
+            .or_else(|| {
+                json.get("event_id")
+                    .and_then(Json::as_str)
+                    .map(String::from)
+            })
+            .unwrap_or_else(|| format!("{topic}/{}/{}", message.partition(), message.offset()));
+        let event_type = ce
+            .as_ref()
+            .map(|c| c.event_type.clone())
+            .unwrap_or_default();
+        let time_millis = ce
+            .as_ref()
+            .map(|c| c.time.timestamp_millis())
+            .unwrap_or_else(|| chrono::Utc::now().timestamp_millis());
+        let source = ce.as_ref().map(|c| c.source.clone()).unwrap_or_default();
+        let trace = headers
+            .and_then(|h| header_str(h, TRACEPARENT))
+            .and_then(TraceParent::parse)
+            .map(|t| t.child())
+            .unwrap_or_else(TraceParent::new_root);
+
+        metrics::counter!(EVENTS, "topic" => topic.to_string()).increment(1);
+        let rules = self.store.rules_for(topic, schema_id, &schema);
+        let event = Event {
+            record: &value,
+            ce: CeAttributes {
+                id: &event_id,
+                event_type: &event_type,
+                source: &source,
+                time_millis,
+            },
+        };
+        let mut matched: Vec<Arc<RuleDef>> = Vec::new();
+        rules.for_each_match(&event, |rule| {
+            if rule.event_types.is_empty() || rule.event_types.iter().any(|t| *t == event_type) {
+                matched.push(rule.clone());
+            }
+        });
+
+        let payload_text = json.to_string();
+        let mut sends = Vec::new();
+        for rule in &matched {
+            metrics::counter!(MATCHES, "rule" => rule.name.clone()).increment(1);
+            for (index, action) in rule.actions.iter().enumerate() {
+                let id = request_id(&event_id, rule.id, index);
+                let request = json!({
+                    "request_id": id.to_string(),
+                    "event_id": event_id,
+                    "event_type": event_type,
+                    "event_time": time_millis,
+                    "source_topic": topic,
+                    "rule_id": rule.id.to_string(),
+                    "rule_name": rule.name,
+                    "rule_version": rule.version,
+                    "action_index": index,
+                    "action": action,
+                    "payload": payload_text,
+                    "traceparent": trace.to_string(),
+                });
+                sends.push(self.produce(
+                    &self.dispatch_topic,
+                    &self.dispatch_schema,
+                    id,
+                    "dispatch.request",
+                    request,
+                    &trace,
+                ));
+            }
+        }
+        for result in futures::future::join_all(sends).await {
+            result?;
+        }
+        metrics::counter!(REQUESTS).increment(matched.iter().map(|r| r.actions.len() as u64).sum());
+
+        let (domain, entity) = split_type(&event_type);
+        let unified = json!({
+            "event_id": event_id,
+            "event_type": event_type,
+            "domain": domain,
+            "entity": entity,
+            "event_time": time_millis,
+            "source_topic": topic,
+            "user_id": user_of(&json),
+            "payload": payload_text,
+        });
+        let unified_id = Uuid::parse_str(&event_id)
+            .unwrap_or_else(|_| Uuid::new_v5(&REQUEST_NAMESPACE, event_id.as_bytes()));
+        self.produce(
+            &self.unified_topic,
+            &self.unified_schema,
+            unified_id,
+            &event_type_or(&event_type),
+            unified,
+            &trace,
+        )
+        .await
+    }
+
+    async fn produce(
+        &self,
+        topic: &str,
+        schema: &TopicSchema,
+        id: Uuid,
+        ce_type: &str,
+        record: Json,
+        trace: &TraceParent,
+    ) -> Result<(), Failure> {
+        let value = schema
+            .to_avro(&record)
+            .map_err(|e| Failure::Poison(format!("cannot build a {topic} record: {e}")))?;
+        let bytes = self
+            .registry
+            .encode(topic, value)
+            .await
+            .map_err(|e| Failure::Transient(e.to_string()))?;
+        let headers =
+            CloudEvent::new(id, ce_type, "/event-substrate/rule-evaluator").to_headers(trace);
+        let key = record
+            .get("event_id")
+            .and_then(Json::as_str)
+            .map(|s| s.as_bytes().to_vec());
+        self.producer
+            .send(topic, key.as_deref(), &bytes, headers)
+            .await
+            .map(|_| ())
+            .map_err(|e| match e {
+                ProduceError::Unavailable(m) => Failure::Transient(m),
+                ProduceError::Rejected(m) => Failure::Transient(format!("produce rejected: {m}")),
+            })
+    }
+}
+
+fn event_type_or(event_type: &str) -> String {
+    if event_type.is_empty() {
+        "platform.event".into()
+    } else {
+        event_type.to_string()
+    }
+}
+
+/// `identity.login` → (`identity`, `login`); unknown types → (`unknown`, `unknown`).
+fn split_type(event_type: &str) -> (String, String) {
+    let mut parts = event_type.split('.');
+    match (parts.next(), parts.next()) {
+        (Some(d), Some(e)) if !d.is_empty() && !e.is_empty() => (d.to_string(), e.to_string()),
+        _ => ("unknown".into(), "unknown".into()),
+    }
+}
+
+/// The acting user of an event, from the usual fields.
+fn user_of(event: &Json) -> Json {
+    for path in [&["user_id"][..], &["sender_id"], &["user", "id"]] {
+        let mut current = event;
+        let mut found = true;
+        for key in path {
+            match current.get(key) {
+                Some(v) => current = v,
+                None => {
+                    found = false;
+                    break;
+                }
+            }
+        }
+        if found && current.is_string() {
+            return current.clone();
+        }
+    }
+    Json::Null
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn request_ids_are_stable_and_distinct() {
+        let rule = Uuid::new_v4();
+        assert_eq!(request_id("e1", rule, 0), request_id("e1", rule, 0));
+        assert_ne!(request_id("e1", rule, 0), request_id("e1", rule, 1));
+        assert_ne!(request_id("e1", rule, 0), request_id("e2", rule, 0));
+    }
+
+    #[test]
+    fn types_and_users() {
+        assert_eq!(
+            split_type("identity.login"),
+            ("identity".into(), "login".into())
+        );
+        assert_eq!(split_type("x"), ("unknown".into(), "unknown".into()));
+        assert_eq!(user_of(&json!({"user": {"id": "u"}})), json!("u"));
+        assert_eq!(user_of(&json!({"sender_id": "s"})), json!("s"));
+        assert_eq!(user_of(&json!({})), Json::Null);
+    }
+}

@@ -1,0 +1,117 @@
+//! The rule-evaluator: evaluates the enabled rules of Postgres (hot-reloaded) on every event of
+//! its topics, produces a dispatch request per action of each matching rule, and writes every
+//! event to the unified stream. Offsets move only after all of that is acknowledged.
+
+pub mod config;
+pub mod evaluate;
+pub mod metrics;
+pub mod store;
+
+use std::time::Duration;
+
+use anyhow::Context;
+use substrate_avro::{Catalog, Registry};
+use substrate_kafka::{DeadLetter, Producer};
+use substrate_runtime::ops::{self, Readiness};
+use substrate_runtime::Shutdown;
+use tokio::net::TcpListener;
+
+pub use config::Config;
+
+/// Dead letters of records the evaluator cannot decode.
+pub const DEAD_LETTER_TOPIC: &str = "internal.rules.dead-letter";
+
+pub async fn run(config: Config, shutdown: Shutdown) -> anyhow::Result<()> {
+    let listener = TcpListener::bind(&config.rule_evaluator.listen)
+        .await
+        .with_context(|| format!("binding {}", config.rule_evaluator.listen))?;
+    serve(config, listener, shutdown).await
+}
+
+pub async fn serve(
+    config: Config,
+    listener: TcpListener,
+    shutdown: Shutdown,
+) -> anyhow::Result<()> {
+    metrics::describe();
+    let c = &config.rule_evaluator;
+    let catalog = Catalog::load(&c.avro_dir).context("loading avro schemas")?;
+    let schema_of = |topic: &str| {
+        catalog
+            .get(topic)
+            .cloned()
+            .with_context(|| format!("topic {topic} has no schema under {}", c.avro_dir.display()))
+    };
+    let dispatch_schema = schema_of(&c.dispatch_topic)?;
+    let unified_schema = schema_of(&c.unified_topic)?;
+    let pool = substrate_db::connect_pool(&config.database)?;
+    let registry = Registry::new(&config.schema_registry)?;
+    let producer = Producer::new(&config.kafka).context("creating the producer")?;
+
+    let store = store::Store::new(pool.clone());
+    // Evaluate nothing before the rules are known: wait for the first load.
+    let mut delay = Duration::from_millis(200);
+    loop {
+        match store.reload().await {
+            Ok(n) => {
+                tracing::info!(rules = n, "rules loaded");
+                break;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "loading rules failed; retrying");
+                tokio::select! {
+                    _ = shutdown.cancelled() => return Ok(()),
+                    _ = tokio::time::sleep(delay) => {}
+                }
+                delay = (delay * 2).min(Duration::from_secs(5));
+            }
+        }
+    }
+    store::spawn_listener(
+        store.clone(),
+        config.database.url.clone(),
+        Duration::from_secs(c.resync_secs),
+        shutdown.token(),
+    );
+
+    let topics: Vec<&str> = c.topics.iter().map(String::as_str).collect();
+    let consumer = substrate_kafka::consumer::subscribe(&config.kafka, &c.group_id, &topics)
+        .context("subscribing")?;
+    tracing::info!(?topics, group = %c.group_id, "rule-evaluator consuming");
+
+    let ready_pool = pool.clone();
+    let ready_producer = producer.clone();
+    let readiness = Readiness::new()
+        .with_check("postgres", move || {
+            let pool = ready_pool.clone();
+            async move { substrate_db::pool::ping(&pool).await }
+        })
+        .with_check("kafka", move || {
+            let producer = ready_producer.clone();
+            async move { producer.ping(Duration::from_secs(2)).await }
+        });
+    let token = shutdown.token();
+    let ops_server = tokio::spawn(async move {
+        axum::serve(listener, ops::router(readiness))
+            .with_graceful_shutdown(async move { token.cancelled().await })
+            .await
+    });
+
+    let evaluator = evaluate::Evaluator {
+        consumer,
+        registry,
+        store,
+        producer: producer.clone(),
+        dead_letter: DeadLetter::new(producer.clone(), DEAD_LETTER_TOPIC, "rule-evaluator"),
+        dispatch_topic: c.dispatch_topic.clone(),
+        dispatch_schema,
+        unified_topic: c.unified_topic.clone(),
+        unified_schema,
+    };
+    let result = evaluator.run(shutdown.token()).await;
+    shutdown.cancel();
+    let _ = tokio::task::spawn_blocking(move || producer.flush(Duration::from_secs(10))).await;
+    let _ = ops_server.await;
+    tracing::info!("rule-evaluator stopped");
+    result
+}

@@ -1,0 +1,13 @@
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    substrate_runtime::run_service(
+        "rule-evaluator",
+        rule_evaluator::Config::load(),
+        |c| &c.telemetry,
+        rule_evaluator::run,
+    )
+    .await
+}

@@ -1,0 +1,202 @@
+//! The live rule table: enabled rules from Postgres, reloaded on `rules_changed` notifications
+//! and on a periodic resync, compiled lazily per (topic, writer schema id) so fields are read by
+//! position in the records actually decoded.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use apache_avro::Schema;
+use futures::StreamExt;
+use substrate_db::rules::{load_enabled, RuleRow, RULES_CHANGED};
+use substrate_db::Pool;
+use substrate_rules::{parse_condition, Expr, RuleSet};
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+use crate::metrics::{RULES_LOADED, RULE_RELOADS};
+
+/// One enabled rule, parsed.
+#[derive(Debug)]
+pub struct RuleDef {
+    pub id: Uuid,
+    pub name: String,
+    pub version: i32,
+    pub event_types: Vec<String>,
+    pub condition: Expr,
+    /// Each action as JSON text, as it goes into dispatch requests.
+    pub actions: Vec<String>,
+}
+
+#[derive(Default)]
+struct Snapshot {
+    generation: u64,
+    by_topic: HashMap<String, Vec<Arc<RuleDef>>>,
+}
+
+pub type CompiledRules = RuleSet<Arc<RuleDef>>;
+
+pub struct Store {
+    pool: Pool,
+    snapshot: RwLock<Arc<Snapshot>>,
+    compiled: Mutex<HashMap<(String, u32), (u64, Arc<CompiledRules>)>>,
+}
+
+impl Store {
+    pub fn new(pool: Pool) -> Arc<Self> {
+        Arc::new(Self {
+            pool,
+            snapshot: RwLock::new(Arc::new(Snapshot::default())),
+            compiled: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// Reads every enabled rule and swaps the table. Rules whose condition no longer parses are
+    /// skipped with a warning (they were validated when saved).
+    pub async fn reload(&self) -> Result<usize, substrate_db::DbError> {
+        let client = self.pool.get().await?;
+        let rows = load_enabled(&**client).await?;
+        let mut by_topic: HashMap<String, Vec<Arc<RuleDef>>> = HashMap::new();
+        let count = rows.len();
+        for row in rows {
+            match parse(&row) {
+                Ok(def) => {
+                    let def = Arc::new(def);
+                    for topic in &row.topics {
+                        by_topic.entry(topic.clone()).or_default().push(def.clone());
+                    }
+                }
+                Err(error) => {
+                    tracing::warn!(rule = %row.name, %error, "skipping a rule that does not parse")
+                }
+            }
+        }
+        let generation = {
+            let mut current = self.snapshot.write().expect("rules lock");
+            let generation = current.generation + 1;
+            *current = Arc::new(Snapshot {
+                generation,
+                by_topic,
+            });
+            generation
+        };
+        self.compiled
+            .lock()
+            .expect("compiled lock")
+            .retain(|_, (g, _)| *g == generation);
+        metrics::gauge!(RULES_LOADED).set(count as f64);
+        metrics::counter!(RULE_RELOADS).increment(1);
+        tracing::debug!(rules = count, generation, "rules reloaded");
+        Ok(count)
+    }
+
+    /// The compiled rules for records of `topic` written with schema `schema_id`.
+    pub fn rules_for(&self, topic: &str, schema_id: u32, schema: &Schema) -> Arc<CompiledRules> {
+        let snapshot = self.snapshot.read().expect("rules lock").clone();
+        let key = (topic.to_string(), schema_id);
+        if let Some((generation, set)) = self.compiled.lock().expect("compiled lock").get(&key) {
+            if *generation == snapshot.generation {
+                return set.clone();
+            }
+        }
+        let mut set = RuleSet::new();
+        for rule in snapshot.by_topic.get(topic).into_iter().flatten() {
+            if let Err(error) = set.add(rule.clone(), &rule.condition, schema) {
+                tracing::warn!(rule = %rule.name, topic, schema_id, %error, "rule does not fit this schema; skipped");
+            }
+        }
+        let set = Arc::new(set);
+        self.compiled
+            .lock()
+            .expect("compiled lock")
+            .insert(key, (snapshot.generation, set.clone()));
+        set
+    }
+}
+
+fn parse(row: &RuleRow) -> Result<RuleDef, String> {
+    let condition = parse_condition(&row.condition).map_err(|e| e.to_string())?;
+    let actions = row
+        .actions
+        .as_array()
+        .ok_or("actions is not an array")?
+        .iter()
+        .map(|a| a.to_string())
+        .collect();
+    Ok(RuleDef {
+        id: row.id,
+        name: row.name.clone(),
+        version: row.version,
+        event_types: row.event_types.clone(),
+        condition,
+        actions,
+    })
+}
+
+/// Keeps the store current: LISTEN on `rules_changed` (reconnecting when the connection drops)
+/// plus a full reload every `resync`.
+pub fn spawn_listener(
+    store: Arc<Store>,
+    database_url: String,
+    resync: Duration,
+    shutdown: CancellationToken,
+) {
+    tokio::spawn(async move {
+        while !shutdown.is_cancelled() {
+            if let Err(error) = listen(&store, &database_url, resync, &shutdown).await {
+                tracing::warn!(%error, "rules listener lost its connection; reconnecting");
+            }
+            tokio::select! {
+                _ = shutdown.cancelled() => {}
+                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+            }
+        }
+    });
+}
+
+async fn listen(
+    store: &Store,
+    database_url: &str,
+    resync: Duration,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<()> {
+    let (client, mut connection) =
+        tokio_postgres::connect(database_url, tokio_postgres::NoTls).await?;
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let driver = tokio::spawn(async move {
+        let mut messages = futures::stream::poll_fn(move |cx| connection.poll_message(cx));
+        while let Some(message) = messages.next().await {
+            match message {
+                Ok(tokio_postgres::AsyncMessage::Notification(_)) => {
+                    let _ = tx.send(());
+                }
+                Ok(_) => {}
+                Err(_) => break,
+            }
+        }
+    });
+    client
+        .batch_execute(&format!("LISTEN {RULES_CHANGED}"))
+        .await?;
+    // Changes made before LISTEN took effect are covered by this reload.
+    store.reload().await?;
+    let mut ticker = tokio::time::interval(resync);
+    ticker.tick().await;
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => break,
+            received = rx.recv() => {
+                if received.is_none() {
+                    anyhow::bail!("notification stream ended");
+                }
+                while rx.try_recv().is_ok() {}
+                store.reload().await?;
+            }
+            _ = ticker.tick() => {
+                store.reload().await?;
+            }
+        }
+    }
+    driver.abort();
+    Ok(())
+}
