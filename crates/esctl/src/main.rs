@@ -89,7 +89,7 @@ async fn main() -> anyhow::Result<()> {
             )
             .await?;
         }
-        Command::Rules(command) => rules::run(command)?,
+        Command::Rules(command) => rules::run(command).await?,
         Command::Token {
             jwt_secret,
             audience,

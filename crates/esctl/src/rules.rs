@@ -1,16 +1,60 @@
-//! `esctl rules`: offline work on rule conditions. `check` validates a condition (JSON or text
-//! form) against a topic's Avro schema exactly as saving a rule does, prints its canonical JSON
-//! form, and with `--event` evaluates it against a sample event.
+//! `esctl rules`: save (validated against each topic's Avro schema first), list, enable and
+//! disable rules, and `check` a condition offline, optionally against a sample event.
 
 use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::Subcommand;
 use substrate_avro::Catalog;
-use substrate_rules::{parse_condition, CeAttributes, Event, Matcher};
+use substrate_db::rules::{list, set_enabled, upsert, RuleRow};
+use substrate_rules::{parse_actions, parse_condition, CeAttributes, Event, Matcher};
 
 #[derive(Subcommand)]
 pub enum RulesCommand {
+    /// Create a rule, or update the one with this name (a new version), after validating its
+    /// condition and actions against the schema of every topic.
+    Save {
+        #[arg(long)]
+        name: String,
+        /// Source topic (repeat for several).
+        #[arg(long = "topic", required = true)]
+        topics: Vec<String>,
+        /// CloudEvents types the rule applies to (repeat; none means any).
+        #[arg(long = "event-type")]
+        event_types: Vec<String>,
+        /// Text or JSON form.
+        #[arg(long)]
+        condition: String,
+        /// JSON array of actions.
+        #[arg(long)]
+        actions: String,
+        #[arg(long, default_value_t = 0)]
+        priority: i32,
+        /// Save the rule disabled.
+        #[arg(long)]
+        disabled: bool,
+        #[arg(long, default_value = "avro")]
+        avro_dir: PathBuf,
+        #[arg(long, env = "SUBSTRATE_DATABASE__URL")]
+        database_url: String,
+    },
+    /// List every rule.
+    List {
+        #[arg(long, env = "SUBSTRATE_DATABASE__URL")]
+        database_url: String,
+    },
+    /// Enable a rule by name.
+    Enable {
+        name: String,
+        #[arg(long, env = "SUBSTRATE_DATABASE__URL")]
+        database_url: String,
+    },
+    /// Disable a rule by name.
+    Disable {
+        name: String,
+        #[arg(long, env = "SUBSTRATE_DATABASE__URL")]
+        database_url: String,
+    },
     /// Validate a condition for a topic; with --event, test it against a sample event.
     Check {
         /// Topic whose schema the rule's fields refer to.
@@ -30,8 +74,75 @@ pub enum RulesCommand {
     },
 }
 
-pub fn run(command: RulesCommand) -> anyhow::Result<()> {
+pub async fn run(command: RulesCommand) -> anyhow::Result<()> {
     match command {
+        RulesCommand::Save {
+            name,
+            topics,
+            event_types,
+            condition,
+            actions,
+            priority,
+            disabled,
+            avro_dir,
+            database_url,
+        } => {
+            let catalog = Catalog::load(&avro_dir)?;
+            let condition_value = condition_value(&condition);
+            let expr = parse_condition(&condition_value)
+                .map_err(|e| anyhow::anyhow!("invalid condition: {e}"))?;
+            let actions: serde_json::Value =
+                serde_json::from_str(&actions).context("--actions is not JSON")?;
+            for topic in &topics {
+                let schema = catalog.get(topic).with_context(|| {
+                    format!("topic {topic} has no schema under {}", avro_dir.display())
+                })?;
+                Matcher::compile(&expr, &schema.schema)
+                    .map_err(|e| anyhow::anyhow!("invalid condition for {topic}: {e}"))?;
+                parse_actions(&actions, &schema.schema)
+                    .map_err(|e| anyhow::anyhow!("invalid actions for {topic}: {e}"))?;
+            }
+            let client = connect(&database_url).await?;
+            let saved = upsert(
+                &client,
+                &RuleRow {
+                    id: uuid::Uuid::nil(),
+                    name,
+                    enabled: !disabled,
+                    topics,
+                    event_types,
+                    condition: expr.to_json(),
+                    condition_text: condition_value.as_str().map(String::from),
+                    actions,
+                    priority,
+                    version: 0,
+                },
+            )
+            .await?;
+            println!(
+                "saved {} version {} ({})",
+                saved.name, saved.version, saved.id
+            );
+            Ok(())
+        }
+        RulesCommand::List { database_url } => {
+            let client = connect(&database_url).await?;
+            for rule in list(&client).await? {
+                println!(
+                    "{:<28} v{:<3} {:<8} prio {:<4} {:<40} {}",
+                    rule.name,
+                    rule.version,
+                    if rule.enabled { "enabled" } else { "disabled" },
+                    rule.priority,
+                    rule.topics.join(","),
+                    rule.condition_text
+                        .unwrap_or_else(|| rule.condition.to_string())
+                );
+            }
+            Ok(())
+        }
+        RulesCommand::Enable { name, database_url } => toggle(&database_url, &name, true).await,
+        RulesCommand::Disable { name, database_url } => toggle(&database_url, &name, false).await,
         RulesCommand::Check {
             topic,
             condition,
@@ -43,11 +154,7 @@ pub fn run(command: RulesCommand) -> anyhow::Result<()> {
             let schema = catalog.get(&topic).with_context(|| {
                 format!("topic {topic} has no schema under {}", avro_dir.display())
             })?;
-            // A condition that parses as a JSON object is the JSON form; anything else is text.
-            let value = match serde_json::from_str::<serde_json::Value>(&condition) {
-                Ok(json @ serde_json::Value::Object(_)) => json,
-                _ => serde_json::Value::String(condition),
-            };
+            let value = condition_value(&condition);
             let expr =
                 parse_condition(&value).map_err(|e| anyhow::anyhow!("invalid condition: {e}"))?;
             let matcher = Matcher::compile(&expr, &schema.schema)
@@ -76,4 +183,30 @@ pub fn run(command: RulesCommand) -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+/// A condition that parses as a JSON object is the JSON form; anything else is the text form.
+fn condition_value(condition: &str) -> serde_json::Value {
+    match serde_json::from_str::<serde_json::Value>(condition) {
+        Ok(json @ serde_json::Value::Object(_)) => json,
+        _ => serde_json::Value::String(condition.to_string()),
+    }
+}
+
+async fn connect(database_url: &str) -> anyhow::Result<tokio_postgres::Client> {
+    let (client, connection) = tokio_postgres::connect(database_url, tokio_postgres::NoTls)
+        .await
+        .context("connecting to the database")?;
+    tokio::spawn(connection);
+    Ok(client)
+}
+
+async fn toggle(database_url: &str, name: &str, enabled: bool) -> anyhow::Result<()> {
+    let client = connect(database_url).await?;
+    anyhow::ensure!(
+        set_enabled(&client, name, enabled).await?,
+        "no rule named {name}"
+    );
+    println!("{name} {}", if enabled { "enabled" } else { "disabled" });
+    Ok(())
 }

@@ -87,3 +87,94 @@ fn check_refuses_invalid_conditions_with_the_reason() {
         assert!(stderr.contains(fragment), "{condition}: {stderr}");
     }
 }
+
+#[test]
+fn save_refuses_invalid_rules_before_touching_the_database() {
+    for (condition, actions, fragment) in [
+        (
+            "purchase.total > 5",
+            r#"[{"type":"kafka","topic":"t"}]"#,
+            "unknown field `purchase.total`",
+        ),
+        (
+            "purchase.amount > 5",
+            r#"[{"type":"slack","webhook_url":"https://x","template":"{{nope}}"}]"#,
+            "unknown field `nope`",
+        ),
+        ("purchase.amount > 5", "[]", "non-empty"),
+    ] {
+        let (ok, _, stderr) = esctl(
+            &[
+                "rules",
+                "save",
+                "--name",
+                "bad",
+                "--topic",
+                TOPIC,
+                "--condition",
+                condition,
+                "--actions",
+                actions,
+                "--database-url",
+                "postgres://nobody@127.0.0.1:1/none",
+            ],
+            None,
+        );
+        assert!(!ok);
+        assert!(stderr.contains(fragment), "{condition}: {stderr}");
+    }
+}
+
+#[test]
+fn save_list_disable_enable_against_the_stack() {
+    let stack = substrate_testkit::Stack::load();
+    let name = substrate_testkit::unique("cli-rule");
+    let db = ["--database-url", stack.database_url.as_str()];
+    let save = |condition: &str| {
+        let mut args = vec![
+            "rules",
+            "save",
+            "--name",
+            &name,
+            "--topic",
+            TOPIC,
+            "--condition",
+            condition,
+            "--actions",
+            r#"[{"type":"kafka","topic":"public.commerce.vip.events"}]"#,
+            "--priority",
+            "5",
+        ];
+        args.extend_from_slice(&db);
+        esctl(&args, None)
+    };
+    let (ok, stdout, stderr) = save("purchase.amount > 500");
+    assert!(ok, "{stderr}");
+    assert!(stdout.contains("version 1"), "{stdout}");
+    let (ok, stdout, _) = save("purchase.amount > 900");
+    assert!(ok);
+    assert!(stdout.contains("version 2"), "{stdout}");
+
+    let listed = |expect: &str| {
+        let mut args = vec!["rules", "list"];
+        args.extend_from_slice(&db);
+        let (ok, stdout, stderr) = esctl(&args, None);
+        assert!(ok, "{stderr}");
+        let line = stdout
+            .lines()
+            .find(|l| l.starts_with(name.as_str()))
+            .expect("the rule is listed")
+            .to_string();
+        assert!(line.contains(expect), "{line}");
+        line
+    };
+    assert!(listed("enabled").contains("purchase.amount > 900"));
+    let mut args = vec!["rules", "disable", name.as_str()];
+    args.extend_from_slice(&db);
+    assert!(esctl(&args, None).0);
+    listed("disabled");
+    let mut args = vec!["rules", "enable", name.as_str()];
+    args.extend_from_slice(&db);
+    assert!(esctl(&args, None).0);
+    listed("v4");
+}
