@@ -150,7 +150,7 @@ impl Evaluator {
         };
         let mut matched: Vec<Arc<RuleDef>> = Vec::new();
         rules.for_each_match(&event, |rule| {
-            if rule.event_types.is_empty() || rule.event_types.iter().any(|t| *t == event_type) {
+            if rule.event_types.is_empty() || rule.event_types.contains(&event_type) {
                 matched.push(rule.clone());
             }
         });

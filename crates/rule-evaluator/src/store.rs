@@ -36,10 +36,13 @@ struct Snapshot {
 
 pub type CompiledRules = RuleSet<Arc<RuleDef>>;
 
+/// Compiled rule sets by (topic, writer schema id), with the snapshot generation they come from.
+type CompiledCache = HashMap<(String, u32), (u64, Arc<CompiledRules>)>;
+
 pub struct Store {
     pool: Pool,
     snapshot: RwLock<Arc<Snapshot>>,
-    compiled: Mutex<HashMap<(String, u32), (u64, Arc<CompiledRules>)>>,
+    compiled: Mutex<CompiledCache>,
 }
 
 impl Store {
