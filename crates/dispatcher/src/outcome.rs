@@ -94,9 +94,9 @@ impl Schedule {
 /// `internal.dispatch.retry.5s`, `….2m`, `….1h`.
 pub fn retry_topic(delay: Duration) -> String {
     let secs = delay.as_secs();
-    let label = if secs >= 3600 && secs % 3600 == 0 {
+    let label = if secs >= 3600 && secs.is_multiple_of(3600) {
         format!("{}h", secs / 3600)
-    } else if secs >= 60 && secs % 60 == 0 {
+    } else if secs >= 60 && secs.is_multiple_of(60) {
         format!("{}m", secs / 60)
     } else if secs > 0 {
         format!("{secs}s")
