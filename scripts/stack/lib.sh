@@ -2,8 +2,8 @@
 # Shared helpers for the local (no-Docker) stack. Sourced by the other scripts in scripts/stack/.
 #
 # Layout (everything under the git-ignored .local/):
-#   .local/tools/   downloads (kafka libs, apicurio distro, go-task venv)   - kept by purge
-#   .local/data/    kafka + postgres data, secrets.env                      - deleted by purge
+#   .local/tools/   downloads (kafka libs, apicurio, seaweedfs, go-task)    - kept by purge
+#   .local/data/    kafka + postgres + s3 data, secrets.env                 - deleted by purge
 #   .local/logs/    <component>.log                                         - deleted by purge
 #   .local/run/     <component>.pid, postgres unix socket                   - deleted by purge
 #   .local/stack.env  dotenv for services/tests, rewritten on every start  - deleted by purge
@@ -26,12 +26,22 @@ REGISTRY_PORT=8081
 REGISTRY_MGMT_PORT=9081   # Quarkus management interface (health/metrics); default would be 9000
 GATEWAY_PORT=8080
 NOTIFICATION_WRITER_PORT=8091
+RULE_EVALUATOR_PORT=8092
+# SeaweedFS (one `weed server` process): S3 API plus its internal master/volume/filer; gRPC = HTTP + 10000.
+S3_PORT=8333
+S3_MASTER_PORT=8334
+S3_VOLUME_PORT=8335
+S3_FILER_PORT=8336
+S3_REGION=us-east-1
+S3_MEDIA_BUCKET=media-uploads
+S3_ARCHIVE_BUCKET=event-archive
 
 # Readiness timeouts in seconds (override via env if a machine is slow).
 PG_READY_TIMEOUT="${PG_READY_TIMEOUT:-90}"
 KAFKA_READY_TIMEOUT="${KAFKA_READY_TIMEOUT:-90}"
 REGISTRY_READY_TIMEOUT="${REGISTRY_READY_TIMEOUT:-180}"
 SERVICE_READY_TIMEOUT="${SERVICE_READY_TIMEOUT:-90}"
+S3_READY_TIMEOUT="${S3_READY_TIMEOUT:-60}"
 
 say()  { printf '[stack] %s\n' "$*"; }
 warn() { printf '[stack] WARNING: %s\n' "$*" >&2; }
@@ -175,6 +185,32 @@ require_port_free() {
     die "$1: port 127.0.0.1:$2 is already in use by a process this stack did not start (no live $(rel "$(pidfile "$1")")). Stop it, then retry."
   fi
 }
+
+# Secrets are generated once and kept in .local/data/secrets.env (survive restarts, not purge).
+# A key missing from an older file is appended; existing values are never changed.
+ensure_secrets() {
+  ensure_dirs
+  local key value added=0
+  (
+    umask 077
+    [[ -s "$SECRETS_ENV" ]] || echo "# Generated once by scripts/stack; deleted by 'task purge'." > "$SECRETS_ENV"
+  )
+  for key in JWT_SECRET LOGIN_WEBHOOK_SECRET S3_ACCESS_KEY_ID S3_SECRET_ACCESS_KEY; do
+    grep -q "^$key=" "$SECRETS_ENV" && continue
+    case "$key" in
+      JWT_SECRET) value=$(random_string 48) ;;
+      S3_ACCESS_KEY_ID) value=$(random_string 20 | tr '[:lower:]' '[:upper:]') ;;
+      S3_SECRET_ACCESS_KEY) value=$(random_string 40) ;;
+      *) value=$(random_string 32) ;;
+    esac
+    printf '%s=%s\n' "$key" "$value" >> "$SECRETS_ENV"
+    added=1
+  done
+  (( added == 0 )) || chmod 600 "$SECRETS_ENV"
+}
+
+# secret NAME: the value of NAME in .local/data/secrets.env
+secret() { sed -n "s/^$1=//p" "$SECRETS_ENV"; }
 
 # random_string LENGTH: [A-Za-z0-9]
 random_string() {

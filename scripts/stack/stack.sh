@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Infra orchestration for the local stack: postgres -> kafka -> registry, plus .local/stack.env.
+# Infra orchestration for the local stack: postgres -> kafka + registry + s3, plus .local/stack.env.
 # Usage: scripts/stack/stack.sh {install|start|stop|status|env|purge|logs NAME}
 # shellcheck source=scripts/stack/lib.sh source-path=SCRIPTDIR
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
@@ -11,32 +11,22 @@ install() {
   bash "$S/postgres.sh" install
   bash "$S/kafka.sh" install
   bash "$S/registry.sh" install
-}
-
-# Secrets are generated once and kept in .local/data/secrets.env (survive restarts, not purge).
-ensure_secrets() {
-  if [[ ! -s "$SECRETS_ENV" ]]; then
-    umask 077
-    {
-      echo "# Generated once by scripts/stack/stack.sh; deleted by 'task purge'."
-      echo "JWT_SECRET=$(random_string 48)"
-      echo "LOGIN_WEBHOOK_SECRET=$(random_string 32)"
-    } > "$SECRETS_ENV.tmp"
-    mv "$SECRETS_ENV.tmp" "$SECRETS_ENV"
-    umask 022
-  fi
+  bash "$S/s3.sh" install
 }
 
 write_env() {
   ensure_dirs
   ensure_secrets
-  local JWT_SECRET LOGIN_WEBHOOK_SECRET
-  JWT_SECRET=$(sed -n 's/^JWT_SECRET=//p' "$SECRETS_ENV")
-  LOGIN_WEBHOOK_SECRET=$(sed -n 's/^LOGIN_WEBHOOK_SECRET=//p' "$SECRETS_ENV")
+  local JWT_SECRET LOGIN_WEBHOOK_SECRET S3_ACCESS_KEY_ID S3_SECRET_ACCESS_KEY
+  JWT_SECRET=$(secret JWT_SECRET)
+  LOGIN_WEBHOOK_SECRET=$(secret LOGIN_WEBHOOK_SECRET)
+  S3_ACCESS_KEY_ID=$(secret S3_ACCESS_KEY_ID)
+  S3_SECRET_ACCESS_KEY=$(secret S3_SECRET_ACCESS_KEY)
   local kafka="127.0.0.1:$KAFKA_PORT"
   local sr="http://127.0.0.1:$REGISTRY_PORT/apis/ccompat/v7"
   local db="postgres://postgres:postgres@127.0.0.1:$PG_PORT/postgres"
   local routes="${SUBSTRATE_ROUTES_FILE:-$ROOT/routes.yaml}"
+  local s3="http://127.0.0.1:$S3_PORT"
   cat > "$STACK_ENV.tmp" <<EOF
 # Written by scripts/stack/stack.sh on every start; do not edit (edits are overwritten).
 GATEWAY_URL=http://127.0.0.1:$GATEWAY_PORT
@@ -45,6 +35,12 @@ SCHEMA_REGISTRY_URL=$sr
 DATABASE_URL=$db
 JWT_SECRET=$JWT_SECRET
 LOGIN_WEBHOOK_SECRET=$LOGIN_WEBHOOK_SECRET
+S3_ENDPOINT=$s3
+S3_REGION=$S3_REGION
+S3_ACCESS_KEY_ID=$S3_ACCESS_KEY_ID
+S3_SECRET_ACCESS_KEY=$S3_SECRET_ACCESS_KEY
+S3_MEDIA_BUCKET=$S3_MEDIA_BUCKET
+S3_ARCHIVE_BUCKET=$S3_ARCHIVE_BUCKET
 SUBSTRATE_KAFKA__BOOTSTRAP_SERVERS=$kafka
 SUBSTRATE_SCHEMA_REGISTRY__URL=$sr
 SUBSTRATE_DATABASE__URL=$db
@@ -55,6 +51,12 @@ SUBSTRATE_GATEWAY__ROUTES_FILE=$routes
 SUBSTRATE_GATEWAY__AVRO_DIR=$ROOT/avro
 SUBSTRATE_AUTH__AUDIENCE=authenticated
 SUBSTRATE_NOTIFICATION_WRITER__LISTEN=127.0.0.1:$NOTIFICATION_WRITER_PORT
+SUBSTRATE_RULE_EVALUATOR__LISTEN=127.0.0.1:$RULE_EVALUATOR_PORT
+SUBSTRATE_RULE_EVALUATOR__AVRO_DIR=$ROOT/avro
+SUBSTRATE_S3__ENDPOINT=$s3
+SUBSTRATE_S3__REGION=$S3_REGION
+SUBSTRATE_S3__ACCESS_KEY_ID=$S3_ACCESS_KEY_ID
+SUBSTRATE_S3__SECRET_ACCESS_KEY=$S3_SECRET_ACCESS_KEY
 EOF
   chmod 600 "$STACK_ENV.tmp"
   mv "$STACK_ENV.tmp" "$STACK_ENV"
@@ -65,14 +67,17 @@ start() {
   local t0=$SECONDS
   ensure_dirs
   install   # sequential: concurrent Maven runs could race on ~/.m2
+  ensure_secrets   # before the parallel starts (s3.sh reads the S3 keys)
   bash "$S/postgres.sh" start
-  # kafka and registry (which only needs postgres) start in parallel
-  local kpid rpid krc=0 rrc=0
+  # kafka, registry (which only needs postgres) and s3 start in parallel
+  local kpid rpid spid krc=0 rrc=0 src=0
   bash "$S/kafka.sh" start & kpid=$!
   bash "$S/registry.sh" start & rpid=$!
+  bash "$S/s3.sh" start & spid=$!
   wait "$kpid" || krc=$?
   wait "$rpid" || rrc=$?
-  (( krc == 0 && rrc == 0 )) || exit 1
+  wait "$spid" || src=$?
+  (( krc == 0 && rrc == 0 && src == 0 )) || exit 1
   write_env
   say "infra up in $(( SECONDS - t0 ))s"
 }
@@ -80,6 +85,7 @@ start() {
 stop() {
   # reverse order; registry before postgres (it holds a connection pool)
   bash "$S/registry.sh" stop
+  bash "$S/s3.sh" stop
   bash "$S/kafka.sh" stop
   bash "$S/postgres.sh" stop
 }
@@ -88,6 +94,7 @@ status() {
   bash "$S/postgres.sh" status
   bash "$S/kafka.sh" status
   bash "$S/registry.sh" status
+  bash "$S/s3.sh" status
 }
 
 purge() {
@@ -104,8 +111,8 @@ purge() {
 logs() {
   local name=${1:-}
   case "$name" in
-    kafka|registry|postgres|gateway|notification-writer) ;;
-    *) die "unknown component '$name' (kafka, registry, postgres, gateway, notification-writer)" ;;
+    kafka|registry|postgres|s3|gateway|notification-writer|rule-evaluator) ;;
+    *) die "unknown component '$name' (kafka, registry, postgres, s3, gateway, notification-writer, rule-evaluator)" ;;
   esac
   local f
   f=$(logfile "$name")

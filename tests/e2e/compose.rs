@@ -191,6 +191,23 @@ fn compose_file_matches_the_repository() {
         &config.notification_writer.listen,
     );
 
+    let evaluator_env = environment(&services["rule-evaluator"]);
+    let overlay = config_overlay(
+        &evaluator_env,
+        &[
+            "rule_evaluator",
+            "kafka",
+            "schema_registry",
+            "database",
+            "telemetry",
+        ],
+        "rule-evaluator",
+    );
+    let config: rule_evaluator::Config =
+        substrate_runtime::config::load_config_from(rule_evaluator::config::DEFAULTS, &overlay)
+            .unwrap_or_else(|e| panic!("rule-evaluator env in compose: {e}"));
+    assert_port(&services["rule-evaluator"], &config.rule_evaluator.listen);
+
     // esctl reads its connection settings from the same variables (clap `env`).
     let esctl = std::fs::read_to_string(repo_root().join("crates/esctl/src/main.rs")).unwrap();
     for key in environment(&services["provision"])
