@@ -6,6 +6,7 @@
 
 mod http;
 mod raw;
+mod rules;
 mod writer;
 
 use std::time::Duration;
@@ -28,6 +29,8 @@ enum Command {
     Raw(raw::Args),
     /// Fill a topic with N events and time the notification-writer until all rows exist.
     Writer(writer::Args),
+    /// Fill the purchase topic with N events and time the rule-evaluator through its metrics.
+    Rules(rules::Args),
 }
 
 #[tokio::main]
@@ -36,6 +39,7 @@ async fn main() -> anyhow::Result<()> {
         Command::Http(args) => http::run(args).await,
         Command::Raw(args) => raw::run(args).await,
         Command::Writer(args) => writer::run(args).await,
+        Command::Rules(args) => rules::run(args).await,
     }
 }
 

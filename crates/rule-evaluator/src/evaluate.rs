@@ -49,48 +49,76 @@ enum Failure {
     Poison(String),
 }
 
+/// Events handled together: their effects are produced concurrently, then their offsets stored.
+const BATCH_MAX: usize = 256;
+const BATCH_WINDOW: Duration = Duration::from_millis(5);
+
 impl Evaluator {
     pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
         loop {
-            let message = tokio::select! {
+            let first = tokio::select! {
                 _ = shutdown.cancelled() => break,
                 m = self.consumer.recv() => m,
             };
-            let message = match message {
-                Ok(m) => m,
+            let mut batch = Vec::with_capacity(BATCH_MAX);
+            match first {
+                Ok(m) => batch.push(m),
                 Err(e) => {
                     tracing::warn!(error = %e, "consumer error");
                     continue;
                 }
-            };
-            let mut delay = Duration::from_millis(100);
-            loop {
-                match self.process(&message).await {
-                    Ok(()) => break,
-                    Err(Failure::Poison(error)) => {
-                        tracing::warn!(topic = message.topic(), offset = message.offset(), %error, "dead-lettering");
-                        if self.dead_letter.send(&message, &error, 1).await.is_ok() {
-                            metrics::counter!(DEAD_LETTERED).increment(1);
-                            break;
-                        }
-                    }
-                    Err(Failure::Transient(error)) => {
-                        tracing::warn!(%error, "retrying an event");
-                    }
-                }
+            }
+            let window = tokio::time::sleep(BATCH_WINDOW);
+            tokio::pin!(window);
+            while batch.len() < BATCH_MAX {
                 tokio::select! {
-                    _ = shutdown.cancelled() => return Ok(()),
-                    _ = tokio::time::sleep(delay) => {}
+                    _ = &mut window => break,
+                    m = self.consumer.recv() => match m {
+                        Ok(m) => batch.push(m),
+                        Err(e) => tracing::warn!(error = %e, "consumer error"),
+                    },
                 }
-                delay = (delay * 2).min(Duration::from_secs(5));
+            }
+            // Effects of different events may land in any order; each event's requests are
+            // acknowledged before any offset of the batch is stored.
+            let done =
+                futures::future::join_all(batch.iter().map(|m| self.handle(m, &shutdown))).await;
+            if done.iter().any(|finished| !finished) {
+                break;
             }
             let mut offsets = OffsetBatch::new();
-            offsets.processed(message.topic(), message.partition(), message.offset());
+            for message in &batch {
+                offsets.processed(message.topic(), message.partition(), message.offset());
+            }
             if let Err(e) = offsets.store(&self.consumer) {
-                tracing::warn!(error = %e, "storing an offset failed");
+                tracing::warn!(error = %e, "storing offsets failed");
             }
         }
         Ok(())
+    }
+
+    /// Processes one event until its effects are acknowledged or it is dead-lettered; false when
+    /// shutdown interrupted the retries.
+    async fn handle(&self, message: &BorrowedMessage<'_>, shutdown: &CancellationToken) -> bool {
+        let mut delay = Duration::from_millis(100);
+        loop {
+            match self.process(message).await {
+                Ok(()) => return true,
+                Err(Failure::Poison(error)) => {
+                    tracing::warn!(topic = message.topic(), offset = message.offset(), %error, "dead-lettering");
+                    if self.dead_letter.send(message, &error, 1).await.is_ok() {
+                        metrics::counter!(DEAD_LETTERED).increment(1);
+                        return true;
+                    }
+                }
+                Err(Failure::Transient(error)) => tracing::warn!(%error, "retrying an event"),
+            }
+            tokio::select! {
+                _ = shutdown.cancelled() => return false,
+                _ = tokio::time::sleep(delay) => {}
+            }
+            delay = (delay * 2).min(Duration::from_secs(5));
+        }
     }
 
     async fn process(&self, message: &BorrowedMessage<'_>) -> Result<(), Failure> {
