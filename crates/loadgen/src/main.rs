@@ -90,6 +90,64 @@ impl TopicTarget {
     }
 }
 
+/// Produces records with up to 20,000 in flight, failing on the first error.
+pub struct Sender {
+    producer: rdkafka::producer::FutureProducer,
+    topic: String,
+    in_flight: futures::stream::FuturesUnordered<
+        futures::future::BoxFuture<'static, Result<(), rdkafka::error::KafkaError>>,
+    >,
+}
+
+impl Sender {
+    pub fn new(target: &TopicTarget) -> anyhow::Result<Self> {
+        Ok(Self {
+            producer: substrate_kafka::KafkaConfig::local(&target.bootstrap_servers)
+                .producer_config()
+                .create()?,
+            topic: target.topic.clone(),
+            in_flight: futures::stream::FuturesUnordered::new(),
+        })
+    }
+
+    pub async fn send(
+        &mut self,
+        key: String,
+        payload: Vec<u8>,
+        headers: rdkafka::message::OwnedHeaders,
+    ) -> anyhow::Result<()> {
+        use futures::{FutureExt, StreamExt};
+        let (producer, topic) = (self.producer.clone(), self.topic.clone());
+        self.in_flight.push(
+            async move {
+                let record = rdkafka::producer::FutureRecord::to(&topic)
+                    .key(&key)
+                    .payload(&payload)
+                    .headers(headers);
+                producer
+                    .send(record, std::time::Duration::from_secs(30))
+                    .await
+                    .map(|_| ())
+                    .map_err(|(e, _)| e)
+            }
+            .boxed(),
+        );
+        if self.in_flight.len() >= 20_000 {
+            self.in_flight.next().await.transpose()?;
+        }
+        Ok(())
+    }
+
+    /// Waits for every acknowledgement.
+    pub async fn finish(mut self) -> anyhow::Result<()> {
+        use futures::StreamExt;
+        while let Some(result) = self.in_flight.next().await {
+            result?;
+        }
+        Ok(())
+    }
+}
+
 pub fn new_histogram() -> Histogram<u64> {
     Histogram::new_with_bounds(1, 60_000_000, 3).expect("histogram bounds")
 }

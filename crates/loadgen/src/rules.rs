@@ -4,10 +4,8 @@
 
 use std::time::{Duration, Instant};
 
-use futures::stream::{FuturesUnordered, StreamExt};
-use rdkafka::producer::{FutureProducer, FutureRecord};
 use serde_json::json;
-use substrate_kafka::{CloudEvent, KafkaConfig, TraceParent};
+use substrate_kafka::{CloudEvent, TraceParent};
 use uuid::Uuid;
 
 #[derive(clap::Args)]
@@ -36,14 +34,11 @@ pub async fn run(mut args: Args) -> anyhow::Result<()> {
         args.target.topic = "public.commerce.purchase.events".into();
     }
     let (schema, registry) = args.target.open()?;
-    let producer: FutureProducer = KafkaConfig::local(&args.target.bootstrap_servers)
-        .producer_config()
-        .create()?;
     let client = reqwest::Client::new();
     let before = evaluated(&client, &args.metrics_url, &args.target.topic).await?;
     let trace = TraceParent::new_root();
     let started = Instant::now();
-    let mut in_flight = FuturesUnordered::new();
+    let mut records = crate::Sender::new(&args.target)?;
     for i in 0..args.events {
         let id = Uuid::now_v7();
         let (segment, amount) = if i % 2 == 0 {
@@ -59,26 +54,9 @@ pub async fn run(mut args: Args) -> anyhow::Result<()> {
         let value = schema.to_avro(&event).map_err(|e| anyhow::anyhow!("{e}"))?;
         let payload = registry.encode(&args.target.topic, value).await?;
         let headers = CloudEvent::new(id, "commerce.purchase", "/loadgen").to_headers(&trace);
-        let (producer, topic) = (producer.clone(), args.target.topic.clone());
-        in_flight.push(async move {
-            let key = id.to_string();
-            let record = FutureRecord::to(&topic)
-                .key(&key)
-                .payload(&payload)
-                .headers(headers);
-            producer
-                .send(record, Duration::from_secs(30))
-                .await
-                .map(|_| ())
-                .map_err(|(e, _)| e)
-        });
-        if in_flight.len() >= 20_000 {
-            in_flight.next().await.transpose()?;
-        }
+        records.send(id.to_string(), payload, headers).await?;
     }
-    while let Some(r) = in_flight.next().await {
-        r?;
-    }
+    records.finish().await?;
     println!(
         "produced {} events in {:.2} s",
         args.events,

@@ -4,11 +4,9 @@
 
 use std::time::{Duration, Instant};
 
-use futures::stream::{FuturesUnordered, StreamExt};
-use rdkafka::producer::{FutureProducer, FutureRecord};
 use serde_json::json;
 use substrate_avro::json_to_avro;
-use substrate_kafka::{CloudEvent, KafkaConfig, TraceParent};
+use substrate_kafka::{CloudEvent, TraceParent};
 use uuid::Uuid;
 
 #[derive(clap::Args)]
@@ -23,9 +21,6 @@ pub struct Args {
 
 pub async fn run(args: Args) -> anyhow::Result<()> {
     let (schema, registry) = args.target.open()?;
-    let producer: FutureProducer = KafkaConfig::local(&args.target.bootstrap_servers)
-        .producer_config()
-        .create()?;
     let (db, connection) =
         tokio_postgres::connect(&args.database_url, tokio_postgres::NoTls).await?;
     tokio::spawn(connection);
@@ -34,7 +29,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let trace = TraceParent::new_root();
 
     let produce_started = Instant::now();
-    let mut in_flight = FuturesUnordered::new();
+    let mut records = crate::Sender::new(&args.target)?;
     for _ in 0..args.events {
         let id = Uuid::now_v7();
         let event = json!({"event_id": id, "event_time": chrono::Utc::now().timestamp_millis(),
@@ -42,27 +37,9 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         let value = json_to_avro(&schema.schema, &event).map_err(|e| anyhow::anyhow!("{e}"))?;
         let payload = registry.encode(&args.target.topic, value).await?;
         let headers = CloudEvent::new(id, "user.message", "/loadgen").to_headers(&trace);
-        let producer = producer.clone();
-        let topic = args.target.topic.clone();
-        in_flight.push(async move {
-            let key = id.to_string();
-            let record = FutureRecord::to(&topic)
-                .key(&key)
-                .payload(&payload)
-                .headers(headers);
-            producer
-                .send(record, Duration::from_secs(30))
-                .await
-                .map(|_| ())
-                .map_err(|(e, _)| e)
-        });
-        if in_flight.len() >= 20_000 {
-            in_flight.next().await.transpose()?;
-        }
+        records.send(id.to_string(), payload, headers).await?;
     }
-    while let Some(r) = in_flight.next().await {
-        r?;
-    }
+    records.finish().await?;
     println!(
         "produced {} events in {:.2} s",
         args.events,

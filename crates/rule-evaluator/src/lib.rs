@@ -90,12 +90,7 @@ pub async fn serve(
             let producer = ready_producer.clone();
             async move { producer.ping(Duration::from_secs(2)).await }
         });
-    let token = shutdown.token();
-    let ops_server = tokio::spawn(async move {
-        axum::serve(listener, ops::router(readiness))
-            .with_graceful_shutdown(async move { token.cancelled().await })
-            .await
-    });
+    let ops_server = ops::spawn(listener, readiness, shutdown.token());
 
     let evaluator = evaluate::Evaluator {
         consumer,

@@ -108,6 +108,20 @@ pub fn router(readiness: Readiness) -> Router {
         .with_state(state)
 }
 
+/// Serves [`router`] on `listener` in the background until `shutdown` (services whose only HTTP
+/// surface is the operational one).
+pub fn spawn(
+    listener: tokio::net::TcpListener,
+    readiness: Readiness,
+    shutdown: tokio_util::sync::CancellationToken,
+) -> tokio::task::JoinHandle<std::io::Result<()>> {
+    tokio::spawn(async move {
+        axum::serve(listener, router(readiness))
+            .with_graceful_shutdown(async move { shutdown.cancelled().await })
+            .await
+    })
+}
+
 async fn healthz() -> Json<serde_json::Value> {
     Json(serde_json::json!({"status": "ok"}))
 }
