@@ -13,4 +13,5 @@ set -a
 . .local/stack.env
 set +a
 export RUST_LOG="${RUST_LOG:-warn}"
-exec cargo test --workspace --all-targets --no-fail-fast -- --test-threads="${TEST_THREADS:-4}"
+# Benches are criterion binaries (not test harnesses): clippy --all-targets keeps them compiling.
+exec cargo test --workspace --lib --bins --tests --no-fail-fast -- --test-threads="${TEST_THREADS:-4}"
