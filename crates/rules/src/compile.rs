@@ -465,6 +465,7 @@ pub(crate) fn intern(node: &mut Node, paths: &mut Vec<Path>) {
     }
 }
 
+#[inline(always)]
 fn unwrap_union(value: &Value) -> &Value {
     match value {
         Value::Union(_, inner) => inner,
@@ -474,7 +475,7 @@ fn unwrap_union(value: &Value) -> &Value {
 
 /// The value at `path`; `None` when a record along the way is missing or null. Positions are
 /// those of the schema the matcher was compiled against (see [`Matcher`]).
-#[inline]
+#[inline(always)]
 fn lookup<'a>(record: &'a Value, path: &[(usize, Box<str>)]) -> Option<&'a Value> {
     let mut current = record;
     for (index, _name) in path {
@@ -495,6 +496,7 @@ fn lookup<'a>(record: &'a Value, path: &[(usize, Box<str>)]) -> Option<&'a Value
     }
 }
 
+#[inline(always)]
 fn num_of(value: &Value) -> Option<Num> {
     Some(match value {
         Value::Int(i) | Value::Date(i) | Value::TimeMillis(i) => Num::I(i64::from(*i)),
@@ -519,7 +521,7 @@ fn text_of<'a>(value: &'a Value, buffer: &'a mut [u8; 36]) -> Option<&'a str> {
     }
 }
 
-#[inline]
+#[inline(always)]
 fn test_value(value: Option<&Value>, check: &Check) -> bool {
     let Some(value) = value else {
         return matches!(check, Check::IsNull);
