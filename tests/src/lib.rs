@@ -26,8 +26,10 @@ pub fn repo_root() -> PathBuf {
         .to_path_buf()
 }
 
-/// Settings of the running local stack.
-#[derive(Debug, Clone)]
+/// Settings of the running local stack, with one schema-registry client per `Stack` (its
+/// connections belong to the runtime of the test that loaded it; a process-wide client would
+/// hand one test's dead connections to the next).
+#[derive(Clone)]
 pub struct Stack {
     pub gateway_url: String,
     pub bootstrap_servers: String,
@@ -36,6 +38,7 @@ pub struct Stack {
     pub jwt_secret: String,
     pub login_webhook_secret: String,
     pub audience: Option<String>,
+    registry: Registry,
 }
 
 impl Stack {
@@ -51,10 +54,17 @@ impl Stack {
                 })
         };
         let optional = |key: &str| std::env::var(key).ok().or_else(|| file.get(key).cloned());
+        let registry_url = get("SCHEMA_REGISTRY_URL");
+        let registry = Registry::new(&RegistryConfig {
+            url: registry_url.clone(),
+            timeout_ms: 10_000,
+        })
+        .expect("registry settings");
         Self {
+            registry,
             gateway_url: get("GATEWAY_URL"),
             bootstrap_servers: get("KAFKA_BOOTSTRAP_SERVERS"),
-            registry_url: get("SCHEMA_REGISTRY_URL"),
+            registry_url,
             database_url: get("DATABASE_URL"),
             jwt_secret: get("JWT_SECRET"),
             login_webhook_secret: get("LOGIN_WEBHOOK_SECRET"),
@@ -66,18 +76,9 @@ impl Stack {
         KafkaConfig::local(&self.bootstrap_servers)
     }
 
-    /// One registry client per process, so its schema cache and connections are shared.
+    /// The registry client (shared by clones of this `Stack`, so its schema cache is reused).
     pub fn registry(&self) -> Registry {
-        static REGISTRY: std::sync::OnceLock<Registry> = std::sync::OnceLock::new();
-        REGISTRY
-            .get_or_init(|| {
-                Registry::new(&RegistryConfig {
-                    url: self.registry_url.clone(),
-                    timeout_ms: 10_000,
-                })
-                .expect("registry settings")
-            })
-            .clone()
+        self.registry.clone()
     }
 
     pub async fn db(&self) -> tokio_postgres::Client {
