@@ -79,3 +79,17 @@ pub async fn ping(pool: &Pool) -> Result<(), String> {
         .map(|_| ())
         .map_err(|e| e.to_string())
 }
+
+/// A readiness check for `/readyz`: pings through a clone of the pool on every call.
+pub fn ready_check(
+    pool: &Pool,
+) -> impl Fn() -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), String>> + Send>>
+       + Send
+       + Sync
+       + 'static {
+    let pool = pool.clone();
+    move || {
+        let pool = pool.clone();
+        Box::pin(async move { ping(&pool).await })
+    }
+}

@@ -91,12 +91,8 @@ pub fn build(config: &Config, shutdown: &Shutdown) -> anyhow::Result<(Router, Pr
         },
         login_schema: catalog.get(&config.webhooks.login_topic).cloned(),
     });
-    let ready_producer = producer.clone();
     let readiness = Readiness::new()
-        .with_check("kafka", move || {
-            let producer = ready_producer.clone();
-            async move { producer.ping(Duration::from_secs(2)).await }
-        })
+        .with_check("kafka", producer.ready_check())
         .with_check("schema_registry", move || {
             let registry = registry.clone();
             async move { registry.ping().await }

@@ -111,6 +111,20 @@ impl Producer {
         self.inner.flush(Timeout::After(timeout))
     }
 
+    /// A readiness check for `/readyz`: a metadata request with a 2 s timeout on every call.
+    pub fn ready_check(
+        &self,
+    ) -> impl Fn() -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), String>> + Send>>
+           + Send
+           + Sync
+           + 'static {
+        let producer = self.clone();
+        move || {
+            let producer = producer.clone();
+            Box::pin(async move { producer.ping(Duration::from_secs(2)).await })
+        }
+    }
+
     /// Asks the cluster for metadata: proves a broker answers.
     pub async fn ping(&self, timeout: Duration) -> Result<(), String> {
         let producer = self.inner.clone();

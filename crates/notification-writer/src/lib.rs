@@ -47,17 +47,9 @@ pub async fn serve(
         .context("subscribing")?;
     tracing::info!(?topics, group = %w.group_id, "notification-writer consuming");
 
-    let ready_pool = pool.clone();
-    let ready_producer = producer.clone();
     let readiness = Readiness::new()
-        .with_check("postgres", move || {
-            let pool = ready_pool.clone();
-            async move { substrate_db::pool::ping(&pool).await }
-        })
-        .with_check("kafka", move || {
-            let producer = ready_producer.clone();
-            async move { producer.ping(Duration::from_secs(2)).await }
-        });
+        .with_check("postgres", substrate_db::pool::ready_check(&pool))
+        .with_check("kafka", producer.ready_check());
     let ops_server = ops::spawn(listener, readiness, shutdown.token());
 
     let writer = writer::Writer {
