@@ -2,6 +2,7 @@
 //! `supabase/migrations`, and the platform's queries, one module per table family. Callers get
 //! typed errors that say whether a retry can help.
 
+pub mod dispatch;
 pub mod migrate;
 pub mod notifications;
 pub mod pool;

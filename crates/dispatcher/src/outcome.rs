@@ -1,7 +1,7 @@
 //! What a delivery attempt's result means: 2xx succeeds; 3xx fails (redirects are not
 //! followed); 408, 429, 5xx and transport errors are retried, 429 and 503 after `Retry-After`
 //! when given; 410 disables the endpoint; any other 4xx is permanent. Retries go through delay
-//! topics `internal.dispatch.retry.<delay>` (default 5s, 30s, 2m, 10m, 1h), then the dead letter.
+//! topics `internal.dispatch.retry.<delay>` (substrate_kafka::retry), then the dead letter.
 
 use std::time::Duration;
 
@@ -52,60 +52,6 @@ fn parse_retry_after(value: &str) -> Option<Duration> {
     value.trim().parse::<u64>().ok().map(Duration::from_secs)
 }
 
-/// The retry schedule: one delay per retry.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Schedule {
-    pub delays: Vec<Duration>,
-}
-
-impl Default for Schedule {
-    fn default() -> Self {
-        Self {
-            delays: [5, 30, 120, 600, 3600]
-                .into_iter()
-                .map(Duration::from_secs)
-                .collect(),
-        }
-    }
-}
-
-impl Schedule {
-    /// The delay topic for retry number `attempt` (1-based), or `None` when retries are spent.
-    /// A `Retry-After` longer than the scheduled delay moves the retry to the first topic whose
-    /// delay covers it.
-    pub fn topic_for(&self, attempt: usize, retry_after: Option<Duration>) -> Option<String> {
-        let scheduled = *self.delays.get(attempt.checked_sub(1)?)?;
-        let wanted = retry_after.map_or(scheduled, |r| r.max(scheduled));
-        let delay = self
-            .delays
-            .iter()
-            .copied()
-            .find(|d| *d >= wanted)
-            .unwrap_or(*self.delays.last()?);
-        Some(retry_topic(delay))
-    }
-
-    /// Every delay topic of the schedule (for provisioning).
-    pub fn topics(&self) -> Vec<String> {
-        self.delays.iter().map(|d| retry_topic(*d)).collect()
-    }
-}
-
-/// `internal.dispatch.retry.5s`, `….2m`, `….1h`.
-pub fn retry_topic(delay: Duration) -> String {
-    let secs = delay.as_secs();
-    let label = if secs >= 3600 && secs.is_multiple_of(3600) {
-        format!("{}h", secs / 3600)
-    } else if secs >= 60 && secs.is_multiple_of(60) {
-        format!("{}m", secs / 60)
-    } else if secs > 0 {
-        format!("{secs}s")
-    } else {
-        format!("{}ms", delay.as_millis())
-    };
-    format!("internal.dispatch.retry.{label}")
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -152,41 +98,5 @@ mod tests {
         );
         assert!(matches!(classify_status(408, None), Outcome::Retry { .. }));
         assert!(matches!(classify_status(504, None), Outcome::Retry { .. }));
-    }
-
-    #[test]
-    fn schedule_topics() {
-        let schedule = Schedule::default();
-        assert_eq!(
-            schedule.topics(),
-            vec![
-                "internal.dispatch.retry.5s",
-                "internal.dispatch.retry.30s",
-                "internal.dispatch.retry.2m",
-                "internal.dispatch.retry.10m",
-                "internal.dispatch.retry.1h"
-            ]
-        );
-        assert_eq!(
-            schedule.topic_for(1, None).as_deref(),
-            Some("internal.dispatch.retry.5s")
-        );
-        assert_eq!(
-            schedule.topic_for(5, None).as_deref(),
-            Some("internal.dispatch.retry.1h")
-        );
-        assert_eq!(schedule.topic_for(6, None), None);
-        assert_eq!(schedule.topic_for(0, None), None);
-        // Retry-After of 100 s on the first retry waits in the 2 minute topic.
-        assert_eq!(
-            schedule
-                .topic_for(1, Some(Duration::from_secs(100)))
-                .as_deref(),
-            Some("internal.dispatch.retry.2m")
-        );
-        assert_eq!(
-            retry_topic(Duration::from_millis(200)),
-            "internal.dispatch.retry.200ms"
-        );
     }
 }

@@ -12,6 +12,24 @@ pub const DLQ_ERROR: &str = "dlq_error";
 pub const DLQ_ATTEMPTS: &str = "dlq_attempts";
 pub const DLQ_SERVICE: &str = "dlq_service";
 
+/// Where a record first entered the platform's processing (before any retry topic).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Origin {
+    pub topic: String,
+    pub partition: i32,
+    pub offset: i64,
+}
+
+impl Origin {
+    pub fn of<M: Message>(message: &M) -> Self {
+        Self {
+            topic: message.topic().to_string(),
+            partition: message.partition(),
+            offset: message.offset(),
+        }
+    }
+}
+
 #[derive(Clone)]
 pub struct DeadLetter {
     producer: Producer,
@@ -39,21 +57,26 @@ impl DeadLetter {
         error: &str,
         attempts: u32,
     ) -> Result<Acked, ProduceError> {
-        let mut headers = OwnedHeaders::new();
-        if let Some(original) = message.headers() {
-            for h in original.iter() {
-                headers = headers.insert(Header {
-                    key: h.key,
-                    value: h.value,
-                });
-            }
-        }
-        let partition = message.partition().to_string();
-        let offset = message.offset().to_string();
+        self.send_from(message, &Origin::of(message), error, attempts)
+            .await
+    }
+
+    /// Like `send`, naming `origin` as the source (a record that went through retry topics is
+    /// reported where it first came from).
+    pub async fn send_from<M: Message>(
+        &self,
+        message: &M,
+        origin: &Origin,
+        error: &str,
+        attempts: u32,
+    ) -> Result<Acked, ProduceError> {
+        let mut headers = copy_headers(message, &["dlq_", crate::retry::HEADER_PREFIX]);
+        let partition = origin.partition.to_string();
+        let offset = origin.offset.to_string();
         let attempts = attempts.to_string();
         let error: String = error.chars().take(2000).collect();
         for (key, value) in [
-            (DLQ_SOURCE_TOPIC, message.topic()),
+            (DLQ_SOURCE_TOPIC, origin.topic.as_str()),
             (DLQ_SOURCE_PARTITION, partition.as_str()),
             (DLQ_SOURCE_OFFSET, offset.as_str()),
             (DLQ_ERROR, error.as_str()),
@@ -74,4 +97,21 @@ impl DeadLetter {
             )
             .await
     }
+}
+
+/// The headers of `message` except those whose key starts with one of `drop_prefixes`.
+pub fn copy_headers<M: Message>(message: &M, drop_prefixes: &[&str]) -> OwnedHeaders {
+    let mut headers = OwnedHeaders::new();
+    if let Some(original) = message.headers() {
+        for h in original.iter() {
+            if drop_prefixes.iter().any(|p| h.key.starts_with(p)) {
+                continue;
+            }
+            headers = headers.insert(Header {
+                key: h.key,
+                value: h.value,
+            });
+        }
+    }
+    headers
 }

@@ -31,6 +31,11 @@ notification_writer:
       visibility_field: visibility
       recipient_field: recipient_id
       sender_field: sender_id
+    internal.dispatch.notifications:
+      event_type_field: event_type
+      visibility_field: visibility
+      recipient_field: recipient_id
+      payload_field: payload
 kafka:
   bootstrap_servers: 127.0.0.1:9092
   client_id: notification-writer

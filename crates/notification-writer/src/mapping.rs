@@ -16,9 +16,15 @@ pub struct Mapping {
     /// A disabled mapping is not consumed (lets a config file switch off a default one).
     #[serde(default = "enabled")]
     pub enabled: bool,
-    /// `{domain}.{entity}` written to `event_type`.
+    /// `{domain}.{entity}` written to `event_type`…
     #[serde(default)]
     pub event_type: String,
+    /// …or the record field that holds it.
+    #[serde(default)]
+    pub event_type_field: Option<String>,
+    /// A string field holding the JSON to store as the payload (default: the whole record).
+    #[serde(default)]
+    pub payload_field: Option<String>,
     /// Fixed visibility (`broadcast` or `direct`)…
     #[serde(default)]
     pub visibility: Option<String>,
@@ -55,7 +61,11 @@ impl Mapping {
             (Some(v), None) => return Err(format!("visibility `{v}` must be broadcast or direct")),
             _ => return Err("set exactly one of visibility and visibility_field".into()),
         }
-        if self.event_type.split('.').count() < 2 {
+        if self.event_type_field.is_some() {
+            if !self.event_type.is_empty() {
+                return Err("set only one of event_type and event_type_field".into());
+            }
+        } else if self.event_type.split('.').count() < 2 {
             return Err(format!(
                 "event_type `{}` must be domain.entity",
                 self.event_type
@@ -101,10 +111,34 @@ impl Mapping {
             .and_then(|t| DateTime::parse_from_rfc3339(t).ok())
             .map(|t| t.with_timezone(&Utc))
             .unwrap_or_else(Utc::now);
+        let event_type = match &self.event_type_field {
+            None => self.event_type.clone(),
+            Some(field) => {
+                let value = record
+                    .get(field)
+                    .and_then(Json::as_str)
+                    .ok_or_else(|| format!("field `{field}` (event type) is missing"))?;
+                if value.split('.').count() < 2 {
+                    return Err(format!("event type `{value}` must be domain.entity"));
+                }
+                value.to_string()
+            }
+        };
+        let payload = match &self.payload_field {
+            None => record,
+            Some(field) => {
+                let text = record
+                    .get(field)
+                    .and_then(Json::as_str)
+                    .ok_or_else(|| format!("field `{field}` (payload) is missing"))?;
+                serde_json::from_str(text)
+                    .map_err(|e| format!("field `{field}` is not JSON: {e}"))?
+            }
+        };
         Ok(NewNotification {
             event_id,
-            event_type: self.event_type.clone(),
-            payload: record,
+            event_type,
+            payload,
             visibility,
             recipient_id,
             sender_id,
@@ -144,6 +178,8 @@ mod tests {
         Mapping {
             enabled: true,
             event_type: "user.message".into(),
+            event_type_field: None,
+            payload_field: None,
             visibility: None,
             visibility_field: Some("visibility".into()),
             recipient_field: Some("recipient_id".into()),
@@ -210,5 +246,45 @@ mod tests {
         }
         .validate()
         .is_err());
+    }
+
+    #[test]
+    fn dispatch_notifications_take_type_and_payload_from_fields() {
+        let m = Mapping {
+            enabled: true,
+            event_type: String::new(),
+            event_type_field: Some("event_type".into()),
+            payload_field: Some("payload".into()),
+            visibility: None,
+            visibility_field: Some("visibility".into()),
+            recipient_field: Some("recipient_id".into()),
+            sender_field: None,
+        };
+        m.validate().unwrap();
+        let recipient = Uuid::new_v4();
+        let row = m
+            .to_row(
+                json!({"event_type": "commerce.vip_purchase", "visibility": "direct",
+                       "recipient_id": recipient, "payload": "{\"amount\": 750}"}),
+                &origin(),
+            )
+            .unwrap();
+        assert_eq!(row.event_type, "commerce.vip_purchase");
+        assert_eq!(row.payload, json!({"amount": 750}));
+        assert_eq!(row.recipient_id, Some(recipient));
+        assert!(m
+            .to_row(
+                json!({"event_type": "x", "visibility": "broadcast", "payload": "{}"}),
+                &origin()
+            )
+            .unwrap_err()
+            .contains("domain.entity"));
+        assert!(m
+            .to_row(
+                json!({"event_type": "a.b", "visibility": "broadcast", "payload": "nope"}),
+                &origin()
+            )
+            .unwrap_err()
+            .contains("not JSON"));
     }
 }
