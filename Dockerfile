@@ -1,6 +1,7 @@
 # One image per service: docker build --build-arg SERVICE=gateway .
-# SERVICE is a binary of the workspace: gateway, notification-writer or esctl.
-FROM rust:1.88-bookworm AS build
+# SERVICE is a binary of the workspace: gateway, notification-writer, rule-evaluator, dispatcher
+# or esctl.
+FROM rust:1.95-bookworm AS build
 RUN apt-get update && apt-get install -y --no-install-recommends cmake libcurl4-openssl-dev \
     && rm -rf /var/lib/apt/lists/*
 WORKDIR /src

@@ -27,6 +27,7 @@ REGISTRY_MGMT_PORT=9081   # Quarkus management interface (health/metrics); defau
 GATEWAY_PORT=8080
 NOTIFICATION_WRITER_PORT=8091
 RULE_EVALUATOR_PORT=8092
+DISPATCHER_PORT=8093
 # SeaweedFS (one `weed server` process): S3 API plus its internal master/volume/filer; gRPC = HTTP + 10000.
 S3_PORT=8333
 S3_MASTER_PORT=8334

@@ -53,6 +53,10 @@ SUBSTRATE_AUTH__AUDIENCE=authenticated
 SUBSTRATE_NOTIFICATION_WRITER__LISTEN=127.0.0.1:$NOTIFICATION_WRITER_PORT
 SUBSTRATE_RULE_EVALUATOR__LISTEN=127.0.0.1:$RULE_EVALUATOR_PORT
 SUBSTRATE_RULE_EVALUATOR__AVRO_DIR=$ROOT/avro
+SUBSTRATE_DISPATCHER__LISTEN=127.0.0.1:$DISPATCHER_PORT
+SUBSTRATE_DISPATCHER__AVRO_DIR=$ROOT/avro
+# Local receivers live on loopback; outside the local stack the SSRF guard stays on.
+SUBSTRATE_DISPATCHER__HTTP__ALLOW_PRIVATE_TARGETS=true
 SUBSTRATE_S3__ENDPOINT=$s3
 SUBSTRATE_S3__REGION=$S3_REGION
 SUBSTRATE_S3__ACCESS_KEY_ID=$S3_ACCESS_KEY_ID
@@ -111,8 +115,8 @@ purge() {
 logs() {
   local name=${1:-}
   case "$name" in
-    kafka|registry|postgres|s3|gateway|notification-writer|rule-evaluator) ;;
-    *) die "unknown component '$name' (kafka, registry, postgres, s3, gateway, notification-writer, rule-evaluator)" ;;
+    kafka|registry|postgres|s3|gateway|notification-writer|rule-evaluator|dispatcher) ;;
+    *) die "unknown component '$name' (kafka, registry, postgres, s3, gateway, notification-writer, rule-evaluator, dispatcher)" ;;
   esac
   local f
   f=$(logfile "$name")

@@ -208,6 +208,25 @@ fn compose_file_matches_the_repository() {
             .unwrap_or_else(|e| panic!("rule-evaluator env in compose: {e}"));
     assert_port(&services["rule-evaluator"], &config.rule_evaluator.listen);
 
+    let dispatcher_env = environment(&services["dispatcher"]);
+    let overlay = config_overlay(
+        &dispatcher_env,
+        &[
+            "dispatcher",
+            "kafka",
+            "schema_registry",
+            "database",
+            "s3",
+            "telemetry",
+        ],
+        "dispatcher",
+    );
+    let config: dispatcher::Config =
+        substrate_runtime::config::load_config_from(dispatcher::config::DEFAULTS, &overlay)
+            .unwrap_or_else(|e| panic!("dispatcher env in compose: {e}"));
+    assert_port(&services["dispatcher"], &config.dispatcher.listen);
+    assert!(config.s3.is_some(), "the dispatcher gets the object store");
+
     // esctl reads its connection settings from the same variables (clap `env`).
     let esctl = std::fs::read_to_string(repo_root().join("crates/esctl/src/main.rs")).unwrap();
     for key in environment(&services["provision"])

@@ -1,8 +1,130 @@
-//! The dispatcher's delivery logic: Standard Webhooks signatures, message templates filled from
-//! event fields, and how a delivery outcome maps to success, retry (with which delay) or a
-//! permanent failure. The consuming service is built on these (see docs/architecture.md,
-//! roadmap step 2).
+//! The dispatcher: delivers the dispatch requests of matching rules to their sinks — signed
+//! webhooks (Standard Webhooks), Slack, Discord, the S3 archive, Kafka topics and user
+//! notifications — retries failures through delay topics without blocking, dead-letters what
+//! cannot be delivered, disables endpoints that answer 410, and logs every attempt.
 
+pub mod audit;
+pub mod config;
+pub mod endpoints;
+pub mod metrics;
 pub mod outcome;
+pub mod request;
+pub mod service;
 pub mod signing;
+pub mod sinks;
+pub mod ssrf;
 pub mod template;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use substrate_avro::{Catalog, Registry};
+use substrate_kafka::retry::Retrier;
+use substrate_kafka::{DeadLetter, Producer};
+use substrate_runtime::ops::{self, Readiness};
+use substrate_runtime::Shutdown;
+use tokio::net::TcpListener;
+
+pub use config::Config;
+
+pub async fn run(config: Config, shutdown: Shutdown) -> anyhow::Result<()> {
+    let listener = TcpListener::bind(&config.dispatcher.listen)
+        .await
+        .with_context(|| format!("binding {}", config.dispatcher.listen))?;
+    serve(config, listener, shutdown).await
+}
+
+pub async fn serve(
+    config: Config,
+    listener: TcpListener,
+    shutdown: Shutdown,
+) -> anyhow::Result<()> {
+    metrics::describe();
+    let c = &config.dispatcher;
+    let schedule = c.schedule().map_err(anyhow::Error::msg)?;
+    let catalog = Catalog::load(&c.avro_dir).context("loading avro schemas")?;
+    if catalog.get(&c.notification_topic).is_none() {
+        anyhow::bail!(
+            "topic {} has no schema under {}",
+            c.notification_topic,
+            c.avro_dir.display()
+        );
+    }
+    let pool = substrate_db::connect_pool(&config.database)?;
+    let registry = Registry::new(&config.schema_registry)?;
+    let producer = Producer::new(&config.kafka).context("creating the producer")?;
+
+    let endpoints = endpoints::Endpoints::new(pool.clone());
+    let mut delay = Duration::from_millis(200);
+    loop {
+        match endpoints.refresh().await {
+            Ok(n) => {
+                tracing::info!(disabled = n, "endpoints loaded");
+                break;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "loading disabled endpoints failed; retrying");
+                tokio::select! {
+                    _ = shutdown.cancelled() => return Ok(()),
+                    _ = tokio::time::sleep(delay) => {}
+                }
+                delay = (delay * 2).min(Duration::from_secs(5));
+            }
+        }
+    }
+    endpoints.spawn_refresh(
+        Duration::from_secs(c.endpoint_refresh_secs),
+        shutdown.token(),
+    );
+
+    let mut topics = vec![c.requests_topic.clone()];
+    topics.extend(schedule.topics());
+    let topic_refs: Vec<&str> = topics.iter().map(String::as_str).collect();
+    let consumer = substrate_kafka::consumer::subscribe(&config.kafka, &c.group_id, &topic_refs)
+        .context("subscribing")?;
+    tracing::info!(?topics, group = %c.group_id, "dispatcher consuming");
+
+    let readiness = Readiness::new()
+        .with_check("postgres", substrate_db::pool::ready_check(&pool))
+        .with_check("kafka", producer.ready_check());
+    let ops_server = ops::spawn(listener, readiness, shutdown.token());
+
+    let http = sinks::http::HttpSink::new(
+        c.timeout(),
+        Duration::from_millis(c.http.connect_timeout_ms),
+        c.http.per_endpoint_concurrency,
+        c.http.allow_private_targets,
+    )?;
+    let archiver = sinks::archive::Archiver::start(
+        config.s3.as_ref().map(|s3| s3.client()),
+        c.archive.clone(),
+    );
+    let dispatcher = service::Dispatcher {
+        consumer: Arc::new(consumer),
+        registry: registry.clone(),
+        http,
+        archiver,
+        kafka: sinks::kafka::KafkaSink {
+            producer: producer.clone(),
+            registry,
+            catalog,
+            notification_topic: c.notification_topic.clone(),
+        },
+        audit: audit::AuditLog::start(pool.clone()),
+        endpoints,
+        retrier: Retrier::new(
+            producer.clone(),
+            schedule,
+            DeadLetter::new(producer.clone(), c.dead_letter_topic.clone(), "dispatcher"),
+        ),
+        max_in_flight: c.max_in_flight,
+    };
+    let drain = c.timeout() + Duration::from_secs(5);
+    let result = dispatcher.run(shutdown.token(), drain).await;
+    shutdown.cancel();
+    let _ = tokio::task::spawn_blocking(move || producer.flush(Duration::from_secs(10))).await;
+    let _ = ops_server.await;
+    tracing::info!("dispatcher stopped");
+    result
+}

@@ -1,9 +1,11 @@
-//! `esctl`, the operator CLI: apply database migrations, provision topics and schemas, and mint
-//! local tokens.
+//! `esctl`, the operator CLI: apply database migrations, provision topics and schemas, manage
+//! rules, inspect and replay dead letters, tail topics, re-enable endpoints, and mint local
+//! tokens.
 //! Connection settings come from the same `SUBSTRATE_*` variables the services read (or flags).
 
 mod provision;
 mod rules;
+mod topics;
 
 use std::path::PathBuf;
 
@@ -41,6 +43,27 @@ enum Command {
     /// Work with business rules.
     #[command(subcommand)]
     Rules(rules::RulesCommand),
+    /// Inspect and replay dead letters.
+    #[command(subcommand)]
+    Dlq(topics::DlqCommand),
+    /// Print records of a topic decoded from Avro (the last 10 by default).
+    Tail {
+        topic: String,
+        #[command(flatten)]
+        connection: topics::Connection,
+        /// Start at the oldest record instead of the last `--count`.
+        #[arg(long)]
+        from_beginning: bool,
+        /// Stop after this many records.
+        #[arg(long, short = 'n')]
+        count: Option<usize>,
+        /// Keep printing new records until interrupted.
+        #[arg(long, short = 'f')]
+        follow: bool,
+    },
+    /// Endpoints the dispatcher disabled (410 Gone).
+    #[command(subcommand)]
+    Endpoints(topics::EndpointsCommand),
     /// Print an HS256 JWT the gateway accepts (Supabase claims), for local use and scripts.
     Token {
         #[arg(long, env = "SUBSTRATE_AUTH__JWT_SECRET", hide_env_values = true)]
@@ -90,6 +113,15 @@ async fn main() -> anyhow::Result<()> {
             .await?;
         }
         Command::Rules(command) => rules::run(command).await?,
+        Command::Dlq(command) => topics::dlq(command).await?,
+        Command::Tail {
+            topic,
+            connection,
+            from_beginning,
+            count,
+            follow,
+        } => topics::tail(connection, topic, from_beginning, count, follow).await?,
+        Command::Endpoints(command) => topics::endpoints(command).await?,
         Command::Token {
             jwt_secret,
             audience,

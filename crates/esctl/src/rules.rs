@@ -193,7 +193,7 @@ fn condition_value(condition: &str) -> serde_json::Value {
     }
 }
 
-async fn connect(database_url: &str) -> anyhow::Result<tokio_postgres::Client> {
+pub async fn connect(database_url: &str) -> anyhow::Result<tokio_postgres::Client> {
     let (client, connection) = tokio_postgres::connect(database_url, tokio_postgres::NoTls)
         .await
         .context("connecting to the database")?;

@@ -1,0 +1,189 @@
+//! dispatcher configuration: defaults below, then `SUBSTRATE_CONFIG`, then `SUBSTRATE_*`.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::Deserialize;
+use substrate_avro::RegistryConfig;
+use substrate_db::DbConfig;
+use substrate_kafka::retry::Schedule;
+use substrate_kafka::KafkaConfig;
+use substrate_runtime::config::{ConfigError, Validate};
+use substrate_runtime::telemetry::TelemetryConfig;
+use substrate_s3::S3Config;
+
+pub const DEFAULTS: &str = r#"
+dispatcher:
+  listen: 127.0.0.1:8093
+  group_id: dispatcher
+  requests_topic: internal.dispatch.requests
+  dead_letter_topic: internal.dispatch.dead-letter
+  notification_topic: internal.dispatch.notifications
+  avro_dir: avro
+  max_in_flight: 4096
+  endpoint_refresh_secs: 5
+  retry:
+    topic_prefix: internal.dispatch.retry
+    delays: [5s, 30s, 2m, 10m, 1h]
+  http:
+    timeout_ms: 15000
+    connect_timeout_ms: 5000
+    per_endpoint_concurrency: 64
+    allow_private_targets: false
+  archive:
+    max_records: 1000
+    max_bytes: 4194304
+    max_wait_ms: 1000
+kafka:
+  bootstrap_servers: 127.0.0.1:9092
+  client_id: dispatcher
+  linger_ms: 1
+schema_registry:
+  url: http://127.0.0.1:8081/apis/ccompat/v7
+database:
+  url: postgres://postgres:postgres@127.0.0.1:54322/postgres
+  pool_size: 4
+"#;
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct Config {
+    pub dispatcher: DispatcherConfig,
+    pub kafka: KafkaConfig,
+    pub schema_registry: RegistryConfig,
+    pub database: DbConfig,
+    /// The object store of `s3` actions; without it they fail permanently.
+    #[serde(default)]
+    pub s3: Option<S3Config>,
+    #[serde(default)]
+    pub telemetry: TelemetryConfig,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DispatcherConfig {
+    /// Address of `/healthz`, `/readyz` and `/metrics`.
+    pub listen: String,
+    pub group_id: String,
+    /// Dispatch requests (the rule-evaluator's output, and where replays go).
+    pub requests_topic: String,
+    pub dead_letter_topic: String,
+    /// Where `notification` actions go (the notification-writer's input).
+    pub notification_topic: String,
+    /// Schemas of the topics produced (notifications, Kafka forwards to Avro topics).
+    pub avro_dir: PathBuf,
+    /// Requests being delivered at once, across endpoints.
+    pub max_in_flight: usize,
+    /// How often the set of disabled endpoints is re-read (re-enabling takes effect).
+    pub endpoint_refresh_secs: u64,
+    pub retry: RetryConfig,
+    pub http: HttpConfig,
+    pub archive: ArchiveConfig,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetryConfig {
+    /// Delay topics are `<topic_prefix>.<delay>`.
+    pub topic_prefix: String,
+    /// One delay per retry (`250ms`, `5s`, `2m`, `1h`); attempts = delays + 1.
+    pub delays: Vec<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpConfig {
+    /// Whole-request timeout of one delivery.
+    pub timeout_ms: u64,
+    pub connect_timeout_ms: u64,
+    /// Deliveries in flight to one endpoint (scheme, host and port).
+    pub per_endpoint_concurrency: usize,
+    /// Allow loopback, private and link-local targets (the local stack; never in production).
+    pub allow_private_targets: bool,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ArchiveConfig {
+    /// An NDJSON object is written when it holds this many events…
+    pub max_records: usize,
+    /// …or this many bytes…
+    pub max_bytes: usize,
+    /// …or its first event waited this long.
+    pub max_wait_ms: u64,
+}
+
+impl DispatcherConfig {
+    pub fn schedule(&self) -> Result<Schedule, String> {
+        Schedule::parse(&self.retry.topic_prefix, &self.retry.delays)
+    }
+
+    pub fn timeout(&self) -> Duration {
+        Duration::from_millis(self.http.timeout_ms)
+    }
+}
+
+impl Validate for Config {
+    fn validate(&self) -> Result<(), ConfigError> {
+        let c = &self.dispatcher;
+        if c.listen.parse::<std::net::SocketAddr>().is_err() {
+            return Err(ConfigError::invalid(
+                "dispatcher.listen",
+                "must be host:port",
+            ));
+        }
+        c.schedule()
+            .map_err(|m| ConfigError::invalid("dispatcher.retry.delays", m))?;
+        for (key, value) in [
+            ("dispatcher.max_in_flight", c.max_in_flight as u64),
+            ("dispatcher.endpoint_refresh_secs", c.endpoint_refresh_secs),
+            ("dispatcher.http.timeout_ms", c.http.timeout_ms),
+            (
+                "dispatcher.http.connect_timeout_ms",
+                c.http.connect_timeout_ms,
+            ),
+            (
+                "dispatcher.http.per_endpoint_concurrency",
+                c.http.per_endpoint_concurrency as u64,
+            ),
+            (
+                "dispatcher.archive.max_records",
+                c.archive.max_records as u64,
+            ),
+            ("dispatcher.archive.max_bytes", c.archive.max_bytes as u64),
+            ("dispatcher.archive.max_wait_ms", c.archive.max_wait_ms),
+        ] {
+            if value == 0 {
+                return Err(ConfigError::invalid(key, "must be > 0"));
+            }
+        }
+        if let Some(s3) = &self.s3 {
+            s3.check("s3")
+                .map_err(|(key, m)| ConfigError::invalid(key, m))?;
+        }
+        Ok(())
+    }
+}
+
+impl Config {
+    pub fn load() -> Result<Self, ConfigError> {
+        substrate_runtime::load_config(DEFAULTS)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid_and_errors_name_the_key() {
+        let config: Config = substrate_runtime::config::load_config_from(DEFAULTS, "").unwrap();
+        assert_eq!(config.dispatcher.schedule().unwrap().max_attempts(), 6);
+        let err = substrate_runtime::config::load_config_from::<Config>(
+            DEFAULTS,
+            "dispatcher:\n  retry:\n    topic_prefix: p\n    delays: [5x]\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("dispatcher.retry.delays"), "{err}");
+    }
+}

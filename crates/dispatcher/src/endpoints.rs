@@ -1,0 +1,62 @@
+//! Endpoints disabled after answering 410 Gone. The set lives in `dispatch_endpoints`, is cached
+//! here and re-read periodically, so `esctl endpoints enable` takes effect without a restart.
+
+use std::collections::HashSet;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use substrate_db::{DbError, Pool};
+use tokio_util::sync::CancellationToken;
+
+#[derive(Clone)]
+pub struct Endpoints {
+    pool: Pool,
+    disabled: Arc<RwLock<HashSet<String>>>,
+}
+
+impl Endpoints {
+    pub fn new(pool: Pool) -> Self {
+        Self {
+            pool,
+            disabled: Arc::default(),
+        }
+    }
+
+    pub fn is_disabled(&self, url: &str) -> bool {
+        self.disabled.read().expect("endpoints lock").contains(url)
+    }
+
+    pub async fn refresh(&self) -> Result<usize, DbError> {
+        let client = self.pool.get().await?;
+        let urls = substrate_db::dispatch::disabled_endpoints(&**client).await?;
+        let n = urls.len();
+        *self.disabled.write().expect("endpoints lock") = urls.into_iter().collect();
+        Ok(n)
+    }
+
+    /// Disables `url` in Postgres and at once in this process.
+    pub async fn disable(&self, url: &str, reason: &str) -> Result<(), DbError> {
+        let client = self.pool.get().await?;
+        substrate_db::dispatch::disable_endpoint(&**client, url, reason).await?;
+        self.disabled
+            .write()
+            .expect("endpoints lock")
+            .insert(url.to_string());
+        Ok(())
+    }
+
+    pub fn spawn_refresh(&self, every: Duration, shutdown: CancellationToken) {
+        let this = self.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    _ = tokio::time::sleep(every) => {}
+                }
+                if let Err(e) = this.refresh().await {
+                    tracing::warn!(error = %e, "re-reading disabled endpoints failed");
+                }
+            }
+        });
+    }
+}

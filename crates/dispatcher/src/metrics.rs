@@ -1,0 +1,11 @@
+//! The dispatcher's metrics.
+
+pub const DELIVERIES: &str = "dispatcher_attempts_total";
+pub const DELIVERY_SECONDS: &str = "dispatcher_attempt_seconds";
+pub const DEAD_LETTERED: &str = "dispatcher_dead_lettered_total";
+
+pub fn describe() {
+    metrics::describe_counter!(DELIVERIES, "Delivery attempts by sink and outcome");
+    metrics::describe_histogram!(DELIVERY_SECONDS, "Duration of one delivery attempt");
+    metrics::describe_counter!(DEAD_LETTERED, "Requests sent to the dead-letter topic");
+}

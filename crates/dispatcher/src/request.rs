@@ -1,0 +1,96 @@
+//! A dispatch request as the rule-evaluator wrote it (`internal.dispatch.requests`), decoded.
+
+use serde_json::Value as Json;
+use substrate_rules::actions::Action;
+use uuid::Uuid;
+
+#[derive(Debug, Clone)]
+pub struct Request {
+    pub request_id: Uuid,
+    pub event_id: String,
+    pub event_type: String,
+    pub event_time_ms: i64,
+    pub source_topic: String,
+    pub rule_id: Uuid,
+    pub rule_name: String,
+    pub rule_version: i32,
+    pub action_index: i32,
+    pub action: Action,
+    pub payload: Json,
+    pub traceparent: Option<String>,
+}
+
+impl Request {
+    /// From the record as JSON; errors name the field and are permanent for the record.
+    pub fn from_json(record: &Json) -> Result<Self, String> {
+        let text = |field: &str| -> Result<String, String> {
+            record
+                .get(field)
+                .and_then(Json::as_str)
+                .map(String::from)
+                .ok_or_else(|| format!("field `{field}` is missing or not a string"))
+        };
+        let int = |field: &str| -> Result<i64, String> {
+            record
+                .get(field)
+                .and_then(Json::as_i64)
+                .ok_or_else(|| format!("field `{field}` is missing or not a number"))
+        };
+        let uuid = |field: &str| -> Result<Uuid, String> {
+            Uuid::parse_str(&text(field)?).map_err(|_| format!("field `{field}` is not a UUID"))
+        };
+        let action_text = text("action")?;
+        let action: Action = serde_json::from_str(&action_text)
+            .map_err(|e| format!("field `action` is not a valid action: {e}"))?;
+        let payload: Json = serde_json::from_str(&text("payload")?)
+            .map_err(|e| format!("field `payload` is not JSON: {e}"))?;
+        Ok(Self {
+            request_id: uuid("request_id")?,
+            event_id: text("event_id")?,
+            event_type: text("event_type")?,
+            event_time_ms: int("event_time")?,
+            source_topic: text("source_topic")?,
+            rule_id: uuid("rule_id")?,
+            rule_name: text("rule_name")?,
+            rule_version: int("rule_version")? as i32,
+            action_index: int("action_index")? as i32,
+            action,
+            payload,
+            traceparent: record
+                .get("traceparent")
+                .and_then(Json::as_str)
+                .map(String::from),
+        })
+    }
+
+    /// The event time as RFC 3339.
+    pub fn event_time(&self) -> String {
+        chrono::DateTime::from_timestamp_millis(self.event_time_ms)
+            .unwrap_or_default()
+            .to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+    }
+
+    /// The URL an HTTP action posts to.
+    pub fn http_url(&self) -> Option<&str> {
+        match &self.action {
+            Action::Webhook { url, .. } => Some(url),
+            Action::Slack { webhook_url, .. } | Action::Discord { webhook_url, .. } => {
+                Some(webhook_url)
+            }
+            _ => None,
+        }
+    }
+
+    /// What the audit log names as the target.
+    pub fn target(&self) -> String {
+        match &self.action {
+            Action::Webhook { url, .. } => url.clone(),
+            Action::Slack { webhook_url, .. } | Action::Discord { webhook_url, .. } => {
+                webhook_url.clone()
+            }
+            Action::S3 { bucket, prefix } => format!("s3://{bucket}/{prefix}"),
+            Action::Kafka { topic } => format!("kafka:{topic}"),
+            Action::Notification { event_type, .. } => format!("notification:{event_type}"),
+        }
+    }
+}

@@ -1,0 +1,436 @@
+//! The delivery loop. Requests come from the requests topic and the delay topics; each is
+//! delivered in its own task (bounded in total and per endpoint), its attempt logged, and a
+//! failure routed to the next delay topic or the dead letter. Offsets are stored below the lowest
+//! request still in flight, so a crash redelivers exactly what was not finished (receivers see
+//! duplicates only with the same `webhook-id`).
+
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::message::{Message, OwnedMessage};
+use serde_json::json;
+use substrate_avro::{avro_to_json, Registry};
+use substrate_db::dispatch::Attempt;
+use substrate_kafka::consumer::OffsetBatch;
+use substrate_kafka::retry::{DelayGate, Gate, InFlight, Retrier, RetryState, Routed};
+use substrate_rules::actions::Action;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::audit::AuditLog;
+use crate::endpoints::Endpoints;
+use crate::metrics::{DEAD_LETTERED, DELIVERIES, DELIVERY_SECONDS};
+use crate::outcome::Outcome;
+use crate::request::Request;
+use crate::signing::{self, Secret};
+use crate::sinks::archive::{ArchiveError, Archiver};
+use crate::sinks::http::HttpSink;
+use crate::sinks::kafka::KafkaSink;
+use crate::template::render;
+
+pub struct Dispatcher {
+    pub consumer: Arc<StreamConsumer>,
+    pub registry: Registry,
+    pub http: HttpSink,
+    pub archiver: Archiver,
+    pub kafka: KafkaSink,
+    pub audit: AuditLog,
+    pub endpoints: Endpoints,
+    pub retrier: Retrier,
+    pub max_in_flight: usize,
+}
+
+/// What one attempt did, for the audit log and the routing decision.
+struct Attempted {
+    outcome: Outcome,
+    status: Option<u16>,
+}
+
+impl Dispatcher {
+    pub async fn run(self, shutdown: CancellationToken, drain: Duration) -> anyhow::Result<()> {
+        let this = Arc::new(self);
+        let gate = DelayGate::new(this.consumer.clone());
+        let in_flight = Arc::new(Mutex::new(InFlight::default()));
+        let slots = Arc::new(Semaphore::new(this.max_in_flight));
+        let tasks = TaskTracker::new();
+        loop {
+            let message = tokio::select! {
+                _ = shutdown.cancelled() => break,
+                m = this.consumer.recv() => match m {
+                    Ok(m) => m.detach(),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "consumer error");
+                        continue;
+                    }
+                },
+            };
+            let state = RetryState::of(&message);
+            if this.retrier.schedule().is_delay_topic(message.topic())
+                && gate.check(&message, state.due_ms) != Gate::Due
+            {
+                continue;
+            }
+            let permit = tokio::select! {
+                _ = shutdown.cancelled() => break,
+                p = slots.clone().acquire_owned() => p.expect("never closed"),
+            };
+            let (topic, partition, offset) = (
+                message.topic().to_string(),
+                message.partition(),
+                message.offset(),
+            );
+            in_flight
+                .lock()
+                .expect("in-flight lock")
+                .begin(&topic, partition, offset);
+            let this = this.clone();
+            let in_flight = in_flight.clone();
+            let shutdown = shutdown.clone();
+            tasks.spawn(async move {
+                let finished = this.handle(&message, &state, &shutdown).await;
+                drop(permit);
+                if !finished {
+                    return;
+                }
+                let next = in_flight
+                    .lock()
+                    .expect("in-flight lock")
+                    .finish(&topic, partition, offset);
+                if let Some(next) = next {
+                    let mut batch = OffsetBatch::new();
+                    batch.processed(&topic, partition, next - 1);
+                    if let Err(e) = batch.store(&*this.consumer) {
+                        tracing::debug!(error = %e, "storing an offset failed (partition revoked?)");
+                    }
+                }
+            });
+        }
+        tasks.close();
+        if tokio::time::timeout(drain, tasks.wait()).await.is_err() {
+            tracing::warn!(
+                pending = in_flight.lock().expect("in-flight lock").pending(),
+                "deliveries still running at shutdown; they will be redelivered"
+            );
+        }
+        // Ship the stored offsets now rather than at the next auto-commit tick.
+        if let Err(e) = this
+            .consumer
+            .commit_consumer_state(rdkafka::consumer::CommitMode::Sync)
+        {
+            tracing::debug!(error = %e, "final commit");
+        }
+        Ok(())
+    }
+
+    /// Handles one record until its effects are durable; false when shutdown interrupted it.
+    async fn handle(
+        &self,
+        message: &OwnedMessage,
+        state: &RetryState,
+        shutdown: &CancellationToken,
+    ) -> bool {
+        let Some(payload) = message.payload() else {
+            return self
+                .give_up(message, state, "the record has no value", shutdown)
+                .await;
+        };
+        let decoded = persist(shutdown, "decoding a request", || async {
+            match self.registry.decode(payload).await {
+                Ok((value, _)) => Ok(Ok(avro_to_json(&value))),
+                Err(e) if e.retriable => Err(e.to_string()),
+                Err(e) => Ok(Err(format!("undecodable: {}", e.message))),
+            }
+        })
+        .await;
+        let request = match decoded {
+            None => return false,
+            Some(Err(error)) => return self.give_up(message, state, &error, shutdown).await,
+            Some(Ok(json)) => match Request::from_json(&json) {
+                Ok(r) => r,
+                Err(error) => return self.give_up(message, state, &error, shutdown).await,
+            },
+        };
+        let sink = request.action.kind();
+        let started = Instant::now();
+        let attempted_at = chrono::Utc::now();
+
+        // Disabled endpoints are not called; the request waits in the dead letter for replay.
+        if let Some(url) = request.http_url().filter(|u| self.endpoints.is_disabled(u)) {
+            let error = format!("endpoint {url} is disabled (it answered 410 Gone)");
+            let row = self.row(
+                &request,
+                state,
+                "skipped",
+                None,
+                Some(error.clone()),
+                started,
+                attempted_at,
+            );
+            if !self.log(row, shutdown).await {
+                return false;
+            }
+            return self.give_up(message, state, &error, shutdown).await;
+        }
+
+        let attempted = self.deliver(&request).await;
+        let latency = started.elapsed();
+        metrics::histogram!(DELIVERY_SECONDS, "sink" => sink).record(latency.as_secs_f64());
+        let spent = match &attempted.outcome {
+            Outcome::Retry { after, .. } => self
+                .retrier
+                .schedule()
+                .next(state.attempt(), *after)
+                .is_none(),
+            _ => false,
+        };
+        let (outcome_label, error) = match &attempted.outcome {
+            Outcome::Delivered => ("delivered", None),
+            Outcome::Retry { reason, .. } if spent => ("failed", Some(reason.clone())),
+            Outcome::Retry { reason, .. } => ("retry", Some(reason.clone())),
+            Outcome::Permanent { reason } => ("failed", Some(reason.clone())),
+            Outcome::Disable { reason } => ("disabled", Some(reason.clone())),
+        };
+        metrics::counter!(DELIVERIES, "sink" => sink, "outcome" => outcome_label).increment(1);
+        let row = self.row(
+            &request,
+            state,
+            outcome_label,
+            attempted.status.map(i32::from),
+            error,
+            started,
+            attempted_at,
+        );
+        if !self.log(row, shutdown).await {
+            return false;
+        }
+        match attempted.outcome {
+            Outcome::Delivered => true,
+            Outcome::Retry { after, reason } => {
+                let routed = persist(shutdown, "routing a retry", || async {
+                    self.retrier
+                        .retry(message, state, &reason, after)
+                        .await
+                        .map_err(|e| e.to_string())
+                })
+                .await;
+                match routed {
+                    None => false,
+                    Some(Routed::DeadLetter) => {
+                        metrics::counter!(DEAD_LETTERED).increment(1);
+                        tracing::warn!(request = %request.request_id, attempts = state.attempt(), %reason, "delivery failed for good");
+                        true
+                    }
+                    Some(Routed::Retry { topic, .. }) => {
+                        tracing::debug!(request = %request.request_id, %topic, %reason, "delivery will be retried");
+                        true
+                    }
+                }
+            }
+            Outcome::Permanent { reason } => self.give_up(message, state, &reason, shutdown).await,
+            Outcome::Disable { reason } => {
+                let url = request.http_url().unwrap_or_default().to_string();
+                let disabled = persist(shutdown, "disabling an endpoint", || async {
+                    self.endpoints
+                        .disable(&url, &reason)
+                        .await
+                        .map_err(|e| e.to_string())
+                })
+                .await;
+                if disabled.is_none() {
+                    return false;
+                }
+                tracing::warn!(%url, "endpoint disabled (410 Gone)");
+                self.give_up(message, state, &reason, shutdown).await
+            }
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn row(
+        &self,
+        request: &Request,
+        state: &RetryState,
+        outcome: &'static str,
+        http_status: Option<i32>,
+        error: Option<String>,
+        started: Instant,
+        attempted_at: chrono::DateTime<chrono::Utc>,
+    ) -> Attempt {
+        Attempt {
+            request_id: request.request_id,
+            event_id: request.event_id.clone(),
+            rule_id: request.rule_id,
+            rule_version: request.rule_version,
+            sink: request.action.kind().to_string(),
+            target: request.target(),
+            attempt: state.attempt() as i32,
+            outcome,
+            http_status,
+            error: error.map(|e| e.chars().take(1000).collect()),
+            latency_ms: started.elapsed().as_millis().min(i32::MAX as u128) as i32,
+            attempted_at,
+        }
+    }
+
+    async fn log(&self, row: Attempt, shutdown: &CancellationToken) -> bool {
+        tokio::select! {
+            logged = self.audit.record(row) => logged,
+            _ = shutdown.cancelled() => false,
+        }
+    }
+
+    async fn give_up(
+        &self,
+        message: &OwnedMessage,
+        state: &RetryState,
+        error: &str,
+        shutdown: &CancellationToken,
+    ) -> bool {
+        let sent = persist(shutdown, "dead-lettering", || async {
+            self.retrier
+                .give_up(message, state, error)
+                .await
+                .map_err(|e| e.to_string())
+        })
+        .await;
+        if sent.is_some() {
+            metrics::counter!(DEAD_LETTERED).increment(1);
+        }
+        sent.is_some()
+    }
+
+    /// One attempt at the request's action.
+    async fn deliver(&self, request: &Request) -> Attempted {
+        let outcome_only = |outcome| Attempted {
+            outcome,
+            status: None,
+        };
+        match &request.action {
+            Action::Webhook {
+                url,
+                secrets,
+                headers,
+            } => {
+                let body = serde_json::to_vec(&json!({
+                    "type": request.event_type,
+                    "timestamp": request.event_time(),
+                    "data": request.payload,
+                    "event_id": request.event_id,
+                    "rule": {"id": request.rule_id, "name": request.rule_name, "version": request.rule_version},
+                }))
+                .expect("JSON values serialize");
+                let secrets: Result<Vec<Secret>, _> =
+                    secrets.iter().map(|s| Secret::parse(s)).collect();
+                let Ok(secrets) = secrets else {
+                    return outcome_only(Outcome::Permanent {
+                        reason: "a webhook secret is not `whsec_` + base64".into(),
+                    });
+                };
+                let id = request.request_id.to_string();
+                let timestamp = chrono::Utc::now().timestamp();
+                let mut all: Vec<(String, String)> = headers
+                    .iter()
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .collect();
+                all.push((signing::HEADER_ID.into(), id.clone()));
+                all.push((signing::HEADER_TIMESTAMP.into(), timestamp.to_string()));
+                if !secrets.is_empty() {
+                    all.push((
+                        signing::HEADER_SIGNATURE.into(),
+                        signing::signature_header(&secrets, &id, timestamp, &body),
+                    ));
+                }
+                let result = self.http.post(url, body, &all).await;
+                Attempted {
+                    outcome: result.outcome,
+                    status: result.status,
+                }
+            }
+            Action::Slack {
+                webhook_url,
+                template,
+            } => {
+                let body = json!({"text": render(template, &request.payload)});
+                self.chat(webhook_url, &body, request).await
+            }
+            Action::Discord {
+                webhook_url,
+                template,
+            } => {
+                let body = json!({"content": render(template, &request.payload)});
+                self.chat(webhook_url, &body, request).await
+            }
+            Action::S3 { bucket, prefix } => {
+                let line = serde_json::to_vec(&json!({
+                    "request_id": request.request_id,
+                    "event_id": request.event_id,
+                    "event_type": request.event_type,
+                    "event_time": request.event_time(),
+                    "source_topic": request.source_topic,
+                    "rule_id": request.rule_id,
+                    "rule_name": request.rule_name,
+                    "data": request.payload,
+                }))
+                .expect("JSON values serialize");
+                let dir = Archiver::dir(prefix, &request.source_topic, request.event_time_ms);
+                outcome_only(match self.archiver.append(bucket, dir, line).await {
+                    Ok(_) => Outcome::Delivered,
+                    Err(ArchiveError::Retry(reason)) => Outcome::Retry {
+                        after: None,
+                        reason,
+                    },
+                    Err(ArchiveError::Permanent(reason)) => Outcome::Permanent { reason },
+                })
+            }
+            Action::Kafka { topic } => outcome_only(self.kafka.forward(topic, request).await),
+            Action::Notification {
+                event_type,
+                recipient_field,
+            } => outcome_only(
+                self.kafka
+                    .notify(event_type, recipient_field.as_deref(), request)
+                    .await,
+            ),
+        }
+    }
+
+    async fn chat(&self, url: &str, body: &serde_json::Value, request: &Request) -> Attempted {
+        let id = request.request_id.to_string();
+        let headers = [(signing::HEADER_ID.to_string(), id)];
+        let result = self
+            .http
+            .post(
+                url,
+                serde_json::to_vec(body).expect("JSON values serialize"),
+                &headers,
+            )
+            .await;
+        Attempted {
+            outcome: result.outcome,
+            status: result.status,
+        }
+    }
+}
+
+/// Runs `effect` until it succeeds, backing off on failure; `None` when shutdown came first.
+async fn persist<T, F, Fut>(shutdown: &CancellationToken, what: &str, mut effect: F) -> Option<T>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, String>>,
+{
+    let mut delay = Duration::from_millis(100);
+    loop {
+        match effect().await {
+            Ok(value) => return Some(value),
+            Err(error) => tracing::warn!(%error, "{what} failed; retrying"),
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return None,
+            _ = tokio::time::sleep(delay) => {}
+        }
+        delay = (delay * 2).min(Duration::from_secs(5));
+    }
+}
