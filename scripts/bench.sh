@@ -4,7 +4,8 @@
 #   2. the notification-writer draining a backlog of 100,000 events (loadgen writer)
 #   3. the raw producer ceiling (loadgen raw), then the gateway over HTTP with the same payload:
 #      batches, single events (closed loop), and a fixed 2,000 req/s for latency
-#   4. the rule-evaluator: consume → evaluate → produce requests and unified events (loadgen rules)
+#   4. the dispatcher: signed webhooks delivered to a local receiver (loadgen dispatch)
+#   5. the rule-evaluator: consume → evaluate → produce requests and unified events (loadgen rules)
 # The ingest runs happen with the notification-writer stopped, so that it does not compete for
 # the two cores while the gateway is measured; it is started again at the end and then drains
 # what the ingest runs produced (minutes: leave it before running the tests).
@@ -13,7 +14,7 @@ set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/event-substrate/target}"
 DURATION="${DURATION:-15s}"
-cargo build --release -q -p loadgen -p esctl
+cargo build --release -q -p loadgen -p esctl -p dispatcher
 set -a
 # shellcheck disable=SC1091
 . .local/stack.env
@@ -50,6 +51,9 @@ echo "== ingest (notification-writer stopped)"
 "$L" http --rate 2000 --duration "$DURATION"
 
 SKIP_BUILD=1 bash scripts/stack/services.sh start >/dev/null
+
+echo "== dispatcher (50,000 signed webhooks to a local receiver, its own process and topic)"
+"$L" dispatch --requests 50000 --dispatcher-bin "$CARGO_TARGET_DIR/release/dispatcher"
 
 echo "== rule-evaluator (50,000 purchases, half matching a rule with two actions)"
 E="$CARGO_TARGET_DIR/release/esctl"

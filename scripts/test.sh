@@ -13,5 +13,14 @@ set -a
 . .local/stack.env
 set +a
 export RUST_LOG="${RUST_LOG:-warn}"
+# An independent Standard Webhooks implementation (the PyPI `standardwebhooks` package) checks the
+# dispatcher's signatures; it lives in a venv reused across runs.
+TEST_VENV="${SUBSTRATE_TEST_VENV:-.local/tools/test-venv}"
+if ! "$TEST_VENV/bin/python" -c 'import standardwebhooks' 2>/dev/null; then
+  echo "creating $TEST_VENV (pip install standardwebhooks)" >&2
+  python3 -m venv "$TEST_VENV"
+  "$TEST_VENV/bin/pip" install -q --disable-pip-version-check 'standardwebhooks==1.1.0'
+fi
+export SUBSTRATE_TEST_PYTHON="$PWD/$TEST_VENV/bin/python"
 # Benches are criterion binaries (not test harnesses): clippy --all-targets keeps them compiling.
 exec cargo test --workspace --lib --bins --tests --no-fail-fast -- --test-threads="${TEST_THREADS:-4}"

@@ -26,6 +26,30 @@ pub fn repo_root() -> PathBuf {
         .to_path_buf()
 }
 
+/// A binary of the workspace built next to the running test (`cargo test --workspace` builds
+/// every binary before running tests).
+pub fn workspace_bin(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    let dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("target/<profile>/deps");
+    let path = dir.join(name);
+    assert!(
+        path.exists(),
+        "{} is missing: build it with cargo build -p {name}",
+        path.display()
+    );
+    path
+}
+
+/// A Python with the `standardwebhooks` package (scripts/test.sh provides it).
+pub fn test_python() -> PathBuf {
+    std::env::var_os("SUBSTRATE_TEST_PYTHON")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo_root().join(".local/tools/test-venv/bin/python"))
+}
+
 /// Settings of the running local stack, with one schema-registry client per `Stack` (its
 /// connections belong to the runtime of the test that loaded it; a process-wide client would
 /// hand one test's dead connections to the next).
@@ -38,6 +62,9 @@ pub struct Stack {
     pub jwt_secret: String,
     pub login_webhook_secret: String,
     pub audience: Option<String>,
+    /// The object store (`S3_*` of stack.env).
+    pub s3: substrate_s3::S3Config,
+    pub s3_archive_bucket: String,
     registry: Registry,
 }
 
@@ -69,6 +96,14 @@ impl Stack {
             jwt_secret: get("JWT_SECRET"),
             login_webhook_secret: get("LOGIN_WEBHOOK_SECRET"),
             audience: optional("SUBSTRATE_AUTH__AUDIENCE"),
+            s3: substrate_s3::S3Config {
+                endpoint: get("S3_ENDPOINT"),
+                region: get("S3_REGION"),
+                access_key_id: get("S3_ACCESS_KEY_ID"),
+                secret_access_key: get("S3_SECRET_ACCESS_KEY"),
+                path_style: true,
+            },
+            s3_archive_bucket: get("S3_ARCHIVE_BUCKET"),
         }
     }
 

@@ -48,7 +48,13 @@ impl Request {
             request_id: uuid("request_id")?,
             event_id: text("event_id")?,
             event_type: text("event_type")?,
-            event_time_ms: int("event_time")?,
+            // Avro timestamp-millis reads back as RFC 3339.
+            event_time_ms: match record.get("event_time") {
+                Some(Json::String(t)) => chrono::DateTime::parse_from_rfc3339(t)
+                    .map_err(|_| "field `event_time` is not RFC 3339".to_string())?
+                    .timestamp_millis(),
+                _ => int("event_time")?,
+            },
             source_topic: text("source_topic")?,
             rule_id: uuid("rule_id")?,
             rule_name: text("rule_name")?,

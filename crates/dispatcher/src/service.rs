@@ -68,6 +68,12 @@ impl Dispatcher {
                 },
             };
             let state = RetryState::of(&message);
+            tracing::trace!(
+                topic = message.topic(),
+                partition = message.partition(),
+                offset = message.offset(),
+                "received"
+            );
             if this.retrier.schedule().is_delay_topic(message.topic())
                 && gate.check(&message, state.due_ms) != Gate::Due
             {
@@ -147,10 +153,16 @@ impl Dispatcher {
         .await;
         let request = match decoded {
             None => return false,
-            Some(Err(error)) => return self.give_up(message, state, &error, shutdown).await,
+            Some(Err(error)) => {
+                tracing::warn!(%error, "dead-lettering an undecodable request");
+                return self.give_up(message, state, &error, shutdown).await;
+            }
             Some(Ok(json)) => match Request::from_json(&json) {
                 Ok(r) => r,
-                Err(error) => return self.give_up(message, state, &error, shutdown).await,
+                Err(error) => {
+                    tracing::warn!(%error, "dead-lettering a malformed request");
+                    return self.give_up(message, state, &error, shutdown).await;
+                }
             },
         };
         let sink = request.action.kind();
@@ -175,8 +187,10 @@ impl Dispatcher {
             return self.give_up(message, state, &error, shutdown).await;
         }
 
+        tracing::debug!(request = %request.request_id, sink, attempt = state.attempt(), "delivering");
         let attempted = self.deliver(&request).await;
         let latency = started.elapsed();
+        tracing::debug!(request = %request.request_id, outcome = ?attempted.outcome, ?latency, "attempted");
         metrics::histogram!(DELIVERY_SECONDS, "sink" => sink).record(latency.as_secs_f64());
         let spent = match &attempted.outcome {
             Outcome::Retry { after, .. } => self

@@ -2,8 +2,10 @@
 //! (single events or batches, closed-loop or at a fixed rate) and prints accepted events/s and
 //! latency percentiles; `raw` produces the same Avro payload straight to the broker with the
 //! same producer settings, giving the ceiling; `writer` measures the notification-writer's
-//! rows/s on a backlog. Only loopback targets; every run is bounded in time or count.
+//! rows/s on a backlog; `rules` and `dispatch` time the rule-evaluator and the dispatcher.
+//! Only loopback targets; every run is bounded in time or count.
 
+mod dispatch;
 mod http;
 mod raw;
 mod rules;
@@ -31,6 +33,8 @@ enum Command {
     Writer(writer::Args),
     /// Fill the purchase topic with N events and time the rule-evaluator through its metrics.
     Rules(rules::Args),
+    /// Fill a requests topic with N signed webhooks and time a dispatcher process delivering them.
+    Dispatch(dispatch::Args),
 }
 
 #[tokio::main]
@@ -40,6 +44,7 @@ async fn main() -> anyhow::Result<()> {
         Command::Raw(args) => raw::run(args).await,
         Command::Writer(args) => writer::run(args).await,
         Command::Rules(args) => rules::run(args).await,
+        Command::Dispatch(args) => dispatch::run(args).await,
     }
 }
 
