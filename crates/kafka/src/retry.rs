@@ -101,11 +101,11 @@ impl Schedule {
 pub fn delay_label(delay: Duration) -> String {
     let millis = delay.as_millis();
     let secs = delay.as_secs();
-    if millis % 1000 != 0 || secs == 0 {
+    if !millis.is_multiple_of(1000) || secs == 0 {
         format!("{millis}ms")
-    } else if secs % 3600 == 0 {
+    } else if secs.is_multiple_of(3600) {
         format!("{}h", secs / 3600)
-    } else if secs % 60 == 0 {
+    } else if secs.is_multiple_of(60) {
         format!("{}m", secs / 60)
     } else {
         format!("{secs}s")

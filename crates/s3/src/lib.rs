@@ -39,9 +39,10 @@ impl S3Config {
         if self.secret_access_key.is_empty() {
             return Err((format!("{prefix}.secret_access_key"), "must not be empty"));
         }
-        if !self.endpoint.is_empty()
-            && !(self.endpoint.starts_with("http://") || self.endpoint.starts_with("https://"))
-        {
+        let scheme_ok = ["http://", "https://"]
+            .iter()
+            .any(|scheme| self.endpoint.starts_with(scheme));
+        if !self.endpoint.is_empty() && !scheme_ok {
             return Err((format!("{prefix}.endpoint"), "must be an http(s) URL"));
         }
         Ok(())

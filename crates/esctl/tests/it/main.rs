@@ -178,3 +178,52 @@ fn save_list_disable_enable_against_the_stack() {
     assert!(esctl(&args, None).0);
     listed("v4");
 }
+
+#[tokio::test]
+async fn tail_prints_records_decoded_from_avro() {
+    use rdkafka::producer::{FutureProducer, FutureRecord};
+    let stack = substrate_testkit::Stack::load();
+    let topic = substrate_testkit::unique("test.cli.tail");
+    substrate_testkit::message_topic(&stack, &topic, 1).await;
+    let producer: FutureProducer = stack.kafka().producer_config().create().unwrap();
+    for text in ["first", "second", "third"] {
+        let event = substrate_testkit::message_event(uuid::Uuid::new_v4(), None, text);
+        let bytes = substrate_testkit::encode_message(&stack, &topic, &event).await;
+        producer
+            .send(
+                FutureRecord::<str, [u8]>::to(&topic)
+                    .key(text)
+                    .payload(&bytes),
+                std::time::Duration::from_secs(10),
+            )
+            .await
+            .map_err(|(e, _)| e)
+            .unwrap();
+    }
+    let connection = [
+        "--bootstrap-servers",
+        stack.bootstrap_servers.as_str(),
+        "--schema-registry-url",
+        stack.registry_url.as_str(),
+    ];
+    let run = |extra: &[&str]| {
+        let mut args = vec!["tail", topic.as_str()];
+        args.extend_from_slice(&connection);
+        args.extend_from_slice(extra);
+        let (ok, stdout, stderr) = esctl(&args, None);
+        assert!(ok, "{stderr}");
+        stdout
+            .lines()
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+            .collect::<Vec<_>>()
+    };
+    let last_two = run(&["-n", "2"]);
+    assert_eq!(last_two.len(), 2);
+    assert_eq!(last_two[0]["value"]["message"], "second");
+    assert_eq!(last_two[1]["value"]["message"], "third");
+    assert_eq!(last_two[1]["key"], "third");
+    assert_eq!(last_two[1]["offset"], 2);
+    let all = run(&["--from-beginning"]);
+    assert_eq!(all.len(), 3);
+    assert_eq!(all[0]["value"]["visibility"], "broadcast");
+}
