@@ -117,7 +117,17 @@ impl Matcher {
     }
 
     /// True when the event satisfies the condition. Does not allocate.
+    #[inline]
     pub fn matches(&self, event: &Event<'_>) -> bool {
+        // A single test (the common rule shape) without the recursive walk.
+        if let Node::Test {
+            access: Access::Record(path),
+            check,
+            negate,
+        } = &self.root
+        {
+            return test_value(lookup(event.record, path), check) != *negate;
+        }
         eval(&self.root, event, &mut Slots::<0>::new(&[]))
     }
 }
@@ -405,7 +415,19 @@ impl<'a, 'p, const N: usize> Slots<'a, 'p, N> {
         }
     }
 
+    /// Fetches every path up front when they all fit the cache (few distinct fields, as in
+    /// most rule sets): evaluation then only indexes.
     #[inline]
+    pub(crate) fn preload(&mut self, record: &'a Value) {
+        if self.paths.len() <= N.min(64) {
+            for (slot, path) in self.paths.iter().enumerate() {
+                self.values[slot] = lookup(record, path);
+            }
+            self.fetched = u64::MAX;
+        }
+    }
+
+    #[inline(always)]
     pub(crate) fn get(&mut self, slot: u16, record: &'a Value) -> Option<&'a Value> {
         let slot = usize::from(slot);
         if slot >= N.min(64) {
@@ -427,22 +449,48 @@ pub(crate) fn eval<'a, const N: usize>(
     slots: &mut Slots<'a, '_, N>,
 ) -> bool {
     match node {
-        Node::All(items) => items.iter().all(|n| eval(n, event, slots)),
-        Node::Any(items) => items.iter().any(|n| eval(n, event, slots)),
+        // Children that are tests (the usual shape) are evaluated here, without recursing.
+        Node::All(items) => items.iter().all(|n| eval_child(n, event, slots)),
+        Node::Any(items) => items.iter().any(|n| eval_child(n, event, slots)),
         Node::Not(inner) => !eval(inner, event, slots),
         Node::Test {
             access,
             check,
             negate,
-        } => {
-            let result = match access {
-                Access::Record(path) => test_value(lookup(event.record, path), check),
-                Access::Slot(slot) => test_value(slots.get(*slot, event.record), check),
-                Access::Ce(attr) => test_ce(*attr, &event.ce, check),
-            };
-            result != *negate
-        }
+        } => test(access, check, *negate, event, slots),
     }
+}
+
+#[inline(always)]
+fn eval_child<'a, const N: usize>(
+    node: &Node,
+    event: &Event<'a>,
+    slots: &mut Slots<'a, '_, N>,
+) -> bool {
+    match node {
+        Node::Test {
+            access,
+            check,
+            negate,
+        } => test(access, check, *negate, event, slots),
+        other => eval(other, event, slots),
+    }
+}
+
+#[inline(always)]
+fn test<'a, const N: usize>(
+    access: &Access,
+    check: &Check,
+    negate: bool,
+    event: &Event<'a>,
+    slots: &mut Slots<'a, '_, N>,
+) -> bool {
+    let result = match access {
+        Access::Record(path) => test_value(lookup(event.record, path), check),
+        Access::Slot(slot) => test_value(slots.get(*slot, event.record), check),
+        Access::Ce(attr) => test_ce(*attr, &event.ce, check),
+    };
+    result != negate
 }
 
 /// Replaces record paths by slots of `paths`, adding the ones not seen yet.

@@ -46,6 +46,9 @@ impl<T> RuleSet<T> {
     /// Calls `on_match` for every rule the event satisfies, in the order they were added.
     pub fn for_each_match(&self, event: &Event<'_>, mut on_match: impl FnMut(&T)) {
         let mut slots = Slots::<64>::new(&self.paths);
+        if self.paths.len() <= 16 {
+            slots.preload(event.record);
+        }
         for (item, node) in &self.rules {
             if eval(node, event, &mut slots) {
                 on_match(item);
