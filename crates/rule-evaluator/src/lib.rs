@@ -20,6 +20,8 @@ pub use config::Config;
 
 /// Dead letters of records the evaluator cannot decode.
 pub const DEAD_LETTER_TOPIC: &str = "internal.rules.dead-letter";
+/// The topic whose schema (`avro/internal/dispatch/requests.avsc`) dispatch requests have.
+const DISPATCH_SCHEMA_TOPIC: &str = "internal.dispatch.requests";
 
 pub async fn run(config: Config, shutdown: Shutdown) -> anyhow::Result<()> {
     let listener = TcpListener::bind(&config.rule_evaluator.listen)
@@ -42,7 +44,11 @@ pub async fn serve(
             .cloned()
             .with_context(|| format!("topic {topic} has no schema under {}", c.avro_dir.display()))
     };
-    let dispatch_schema = schema_of(&c.dispatch_topic)?;
+    // A dispatch topic of another name (tests, a second pipeline) carries the same records.
+    let dispatch_schema = match catalog.get(&c.dispatch_topic) {
+        Some(schema) => schema.clone(),
+        None => schema_of(DISPATCH_SCHEMA_TOPIC)?,
+    };
     let unified_schema = schema_of(&c.unified_topic)?;
     let pool = substrate_db::connect_pool(&config.database)?;
     let registry = Registry::new(&config.schema_registry)?;

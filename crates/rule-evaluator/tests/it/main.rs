@@ -115,13 +115,25 @@ async fn rules_hot_reload_and_produce_dispatch_requests() {
         .register(&topic, &schema.text)
         .await
         .unwrap();
+    // Requests go to a topic of this test, not to the stack's dispatcher.
+    let dispatch_topic = unique("test.rules.requests");
+    stack.create_topic(&dispatch_topic, 3).await;
+    stack
+        .registry()
+        .register(
+            &dispatch_topic,
+            &catalog.get("internal.dispatch.requests").unwrap().text,
+        )
+        .await
+        .unwrap();
 
     let yaml = format!(
-        "rule_evaluator:\n  listen: 127.0.0.1:0\n  group_id: {group}\n  topics: [{topic}]\n  dispatch_topic: internal.dispatch.requests\n  unified_topic: internal.platform.unified.events\n  avro_dir: {avro}\n  resync_secs: 600\n\
+        "rule_evaluator:\n  listen: 127.0.0.1:0\n  group_id: {group}\n  topics: [{topic}]\n  dispatch_topic: {dispatch_topic}\n  unified_topic: internal.platform.unified.events\n  avro_dir: {avro}\n  resync_secs: 600\n\
          kafka:\n  bootstrap_servers: {kafka}\n\
          schema_registry:\n  url: {registry}\n\
          database:\n  url: {db}\n",
         group = unique("test-rules"),
+        dispatch_topic = dispatch_topic,
         avro = repo_root().join("avro").display(),
         kafka = stack.bootstrap_servers,
         registry = stack.registry_url,
@@ -161,7 +173,7 @@ async fn rules_hot_reload_and_produce_dispatch_requests() {
         producer,
         schema,
     };
-    let dispatch = stack.consumer_at_end("internal.dispatch.requests");
+    let dispatch = stack.consumer(&dispatch_topic);
     let unified = stack.consumer_at_end("internal.platform.unified.events");
     // The evaluator joins its group and reads the rule before the first event.
     tokio::time::sleep(Duration::from_secs(1)).await;
