@@ -7,5 +7,6 @@ mod dispatch;
 mod flows;
 mod gateway_auth;
 mod harness;
+mod media_credits;
 mod routes_reload;
 mod writer_dead_letter;

@@ -3,6 +3,7 @@
 //! typed errors that say whether a retry can help.
 
 pub mod dispatch;
+pub mod media;
 pub mod migrate;
 pub mod notifications;
 pub mod pool;
