@@ -8,5 +8,6 @@ mod flows;
 mod gateway_auth;
 mod harness;
 mod media_credits;
+mod media_intents;
 mod routes_reload;
 mod writer_dead_letter;

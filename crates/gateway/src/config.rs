@@ -21,6 +21,23 @@ gateway:
   retry_after_secs: 5
   shutdown_grace_secs: 20
   routes_poll_secs: 5
+media:
+  upload_intent_topic: internal.media.upload.intent
+  download_intent_topic: internal.media.download.intent
+  delete_intent_topic: internal.media.delete.intent
+  max_file_bytes: 104857600
+  allowed_types:
+    - image/jpeg
+    - image/png
+    - image/gif
+    - image/webp
+    - video/mp4
+    - video/webm
+    - video/mpeg
+    - audio/mpeg
+    - audio/wav
+    - audio/ogg
+    - video/ogg
 kafka:
   bootstrap_servers: 127.0.0.1:9092
   client_id: gateway
@@ -46,8 +63,22 @@ pub struct Config {
     pub schema_registry: RegistryConfig,
     pub auth: AuthConfig,
     pub webhooks: WebhooksConfig,
+    pub media: MediaConfig,
     #[serde(default)]
     pub telemetry: TelemetryConfig,
+}
+
+/// The media intent endpoints (`/api/v1/media/*-intent`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MediaConfig {
+    pub upload_intent_topic: String,
+    pub download_intent_topic: String,
+    pub delete_intent_topic: String,
+    /// Largest upload a client may declare.
+    pub max_file_bytes: u64,
+    /// MIME types an upload may declare (JPEG, PNG, GIF, WebP, MP4, WebM, MPEG, WAV, OGG).
+    pub allowed_types: Vec<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -97,6 +128,15 @@ pub struct WebhooksConfig {
 
 impl Validate for Config {
     fn validate(&self) -> Result<(), ConfigError> {
+        if self.media.max_file_bytes == 0 {
+            return Err(ConfigError::invalid("media.max_file_bytes", "must be > 0"));
+        }
+        if self.media.allowed_types.is_empty() {
+            return Err(ConfigError::invalid(
+                "media.allowed_types",
+                "list at least one MIME type",
+            ));
+        }
         if self.gateway.listen.parse::<std::net::SocketAddr>().is_err() {
             return Err(ConfigError::invalid(
                 "gateway.listen",

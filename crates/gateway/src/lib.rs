@@ -6,6 +6,7 @@ pub mod auth;
 pub mod config;
 pub mod error;
 pub mod ingest;
+pub mod media;
 pub mod metrics;
 pub mod publish;
 pub mod routes;
@@ -51,6 +52,7 @@ pub struct App {
     pub limits: Limits,
     pub login: LoginWebhook,
     pub login_schema: Option<TopicSchema>,
+    pub media: media::Media,
 }
 
 /// Builds the state and the router. The producer is returned for flushing at shutdown.
@@ -69,6 +71,18 @@ pub fn build(config: &Config, shutdown: &Shutdown) -> anyhow::Result<(Router, Pr
     let registry = Registry::new(&config.schema_registry).context("schema registry settings")?;
     let producer = Producer::new(&config.kafka).context("creating the Kafka producer")?;
     let verifier = Verifier::new(&config.auth).map_err(anyhow::Error::msg)?;
+    let media_schema = |topic: &str| {
+        catalog
+            .get(topic)
+            .cloned()
+            .with_context(|| format!("media topic {topic} has no schema under avro/"))
+    };
+    let media = media::Media {
+        upload_schema: media_schema(&config.media.upload_intent_topic)?,
+        download_schema: media_schema(&config.media.download_intent_topic)?,
+        delete_schema: media_schema(&config.media.delete_intent_topic)?,
+        config: config.media.clone(),
+    };
     let app = Arc::new(App {
         routes,
         verifier,
@@ -90,6 +104,7 @@ pub fn build(config: &Config, shutdown: &Shutdown) -> anyhow::Result<(Router, Pr
             event_type: config.webhooks.login_event_type.clone(),
         },
         login_schema: catalog.get(&config.webhooks.login_topic).cloned(),
+        media,
     });
     let readiness = Readiness::new()
         .with_check("kafka", producer.ready_check())
@@ -101,6 +116,12 @@ pub fn build(config: &Config, shutdown: &Shutdown) -> anyhow::Result<(Router, Pr
         .route("/api/v1/events/{route}", post(ingest::post_event))
         .route("/api/v1/events/{route}/batch", post(ingest::post_batch))
         .route("/webhooks/login", post(webhooks::login))
+        .route("/api/v1/media/upload-intent", post(media::upload_intent))
+        .route(
+            "/api/v1/media/download-intent",
+            post(media::download_intent),
+        )
+        .route("/api/v1/media/delete-intent", post(media::delete_intent))
         .with_state(app)
         .merge(ops::router(readiness));
     Ok((router, producer))

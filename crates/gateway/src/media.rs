@@ -1,0 +1,285 @@
+//! Media intents: `POST /api/v1/media/upload-intent`, `/download-intent` and `/delete-intent`.
+//! The caller is the JWT's `sub`; the body is checked field by field (an upload's type against
+//! the allowed list, its size against the limit, names and paths for traversal) and the intent
+//! is produced to its topic. 202 with the `request_id` means the broker stored it; the outcome
+//! reaches the user as a notification.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::body::Body;
+use axum::extract::State;
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde_json::{json, Map, Value};
+use uuid::Uuid;
+
+use crate::error::ApiError;
+use crate::ingest::{check_json_content_type, read_limited};
+use crate::metrics::{REQUESTS, REQUEST_SECONDS};
+use crate::publish::{trace_from, Target};
+use crate::App;
+
+/// What the media endpoints need from the configuration and the schema catalog.
+pub struct Media {
+    pub config: crate::config::MediaConfig,
+    pub upload_schema: substrate_avro::TopicSchema,
+    pub download_schema: substrate_avro::TopicSchema,
+    pub delete_schema: substrate_avro::TopicSchema,
+}
+
+#[derive(Clone, Copy)]
+enum Intent {
+    Upload,
+    Download,
+    Delete,
+}
+
+impl Intent {
+    fn label(self) -> &'static str {
+        match self {
+            Self::Upload => "media.upload-intent",
+            Self::Download => "media.download-intent",
+            Self::Delete => "media.delete-intent",
+        }
+    }
+
+    fn event_type(self) -> &'static str {
+        match self {
+            Self::Upload => "media.upload_intent",
+            Self::Download => "media.download_intent",
+            Self::Delete => "media.delete_intent",
+        }
+    }
+}
+
+pub async fn upload_intent(
+    State(app): State<Arc<App>>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    handle(&app, Intent::Upload, &headers, body).await
+}
+
+pub async fn download_intent(
+    State(app): State<Arc<App>>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    handle(&app, Intent::Download, &headers, body).await
+}
+
+pub async fn delete_intent(
+    State(app): State<Arc<App>>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    handle(&app, Intent::Delete, &headers, body).await
+}
+
+async fn handle(app: &App, intent: Intent, headers: &HeaderMap, body: Body) -> Response {
+    let started = Instant::now();
+    let response = accept(app, intent, headers, body)
+        .await
+        .unwrap_or_else(IntoResponse::into_response);
+    metrics::counter!(REQUESTS, "route" => intent.label(), "status" => response.status().as_u16().to_string()).increment(1);
+    metrics::histogram!(REQUEST_SECONDS, "route" => intent.label())
+        .record(started.elapsed().as_secs_f64());
+    response
+}
+
+async fn accept(
+    app: &App,
+    intent: Intent,
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let claims = app
+        .verifier
+        .verify_header(
+            headers
+                .get(header::AUTHORIZATION)
+                .and_then(|v| v.to_str().ok()),
+        )
+        .await
+        .map_err(|e| ApiError::unauthorized(e.0))?;
+    let user = claims
+        .get("sub")
+        .and_then(Value::as_str)
+        .and_then(|s| Uuid::parse_str(s).ok())
+        .ok_or_else(|| ApiError::unauthorized("the token's `sub` is not a user id"))?;
+    check_json_content_type(headers)?;
+    let bytes = read_limited(headers, body, app.limits.max_event_bytes).await?;
+    let fields: Map<String, Value> = match serde_json::from_slice(&bytes) {
+        Ok(Value::Object(map)) => map,
+        Ok(_) => {
+            return Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "invalid_body",
+                "the body must be a JSON object",
+            ))
+        }
+        Err(e) => {
+            return Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "invalid_json",
+                format!("the body is not JSON: {e}"),
+            ))
+        }
+    };
+    let media = &app.media;
+    let request_id = Uuid::now_v7();
+    let now = chrono::Utc::now().timestamp_millis();
+    let (topic, schema, record) = match intent {
+        Intent::Upload => {
+            let known = ["file_name", "media_type", "file_size"];
+            reject_unknown(&fields, &known)?;
+            let file_name = file_name(&fields)?;
+            let media_type = string_field(&fields, "media_type")?.to_ascii_lowercase();
+            if !media.config.allowed_types.contains(&media_type) {
+                return Err(ApiError::invalid_field(
+                    "media_type",
+                    format!(
+                        "`{media_type}` is not allowed; allowed: {}",
+                        media.config.allowed_types.join(", ")
+                    ),
+                ));
+            }
+            let file_size = fields
+                .get("file_size")
+                .and_then(Value::as_u64)
+                .filter(|n| *n > 0)
+                .ok_or_else(|| {
+                    ApiError::invalid_field("file_size", "must be a positive whole number of bytes")
+                })?;
+            if file_size > media.config.max_file_bytes {
+                return Err(ApiError::invalid_field(
+                    "file_size",
+                    format!(
+                        "{file_size} bytes is over the limit of {} bytes",
+                        media.config.max_file_bytes
+                    ),
+                ));
+            }
+            (
+                &media.config.upload_intent_topic,
+                &media.upload_schema,
+                json!({"request_id": request_id, "user_id": user, "file_name": file_name,
+                       "media_type": media_type, "file_size": file_size, "requested_at": now}),
+            )
+        }
+        Intent::Download | Intent::Delete => {
+            reject_unknown(&fields, &["file_path"])?;
+            let file_path = file_path(&fields)?;
+            let (topic, schema) = match intent {
+                Intent::Download => (&media.config.download_intent_topic, &media.download_schema),
+                _ => (&media.config.delete_intent_topic, &media.delete_schema),
+            };
+            (
+                topic,
+                schema,
+                json!({"request_id": request_id, "user_id": user, "file_path": file_path,
+                       "requested_at": now}),
+            )
+        }
+    };
+    let target = Target {
+        topic,
+        event_type: intent.event_type(),
+        schema,
+        key_field: Some("user_id"),
+    };
+    let encoded = app.publisher.encode(&target, request_id, &record).await?;
+    let trace = trace_from(headers.get("traceparent").and_then(|v| v.to_str().ok()));
+    app.publisher.send(topic, &encoded, &trace).await?;
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(json!({"request_id": request_id})),
+    )
+        .into_response())
+}
+
+fn reject_unknown(fields: &Map<String, Value>, known: &[&str]) -> Result<(), ApiError> {
+    match fields.keys().find(|k| !known.contains(&k.as_str())) {
+        Some(extra) => Err(ApiError::invalid_field(
+            extra.clone(),
+            format!("unknown field; expected {}", known.join(", ")),
+        )),
+        None => Ok(()),
+    }
+}
+
+fn string_field<'a>(fields: &'a Map<String, Value>, name: &str) -> Result<&'a str, ApiError> {
+    fields
+        .get(name)
+        .and_then(Value::as_str)
+        .filter(|s| !s.trim().is_empty())
+        .ok_or_else(|| ApiError::invalid_field(name, "required, a non-empty string"))
+}
+
+/// A plain file name: no path separators, no `.`/`..`, no control characters, ≤ 255 bytes.
+fn file_name(fields: &Map<String, Value>) -> Result<String, ApiError> {
+    let name = string_field(fields, "file_name")?;
+    if name.len() > 255
+        || name == "."
+        || name == ".."
+        || name.contains(['/', '\\'])
+        || name.chars().any(char::is_control)
+    {
+        return Err(ApiError::invalid_field(
+            "file_name",
+            "must be a plain file name (no path separators or control characters, at most 255 bytes)",
+        ));
+    }
+    Ok(name.to_string())
+}
+
+/// An object key as the platform hands it out (`files/<user>/…`): no `..` segments, no leading
+/// slash, no control characters, ≤ 1024 bytes. Ownership is checked by the media saga.
+fn file_path(fields: &Map<String, Value>) -> Result<String, ApiError> {
+    let path = string_field(fields, "file_path")?;
+    if path.len() > 1024
+        || path.starts_with('/')
+        || path
+            .split('/')
+            .any(|segment| segment == ".." || segment == ".")
+        || path.chars().any(char::is_control)
+    {
+        return Err(ApiError::invalid_field(
+            "file_path",
+            "must be a relative object key without `.`/`..` segments or control characters",
+        ));
+    }
+    Ok(path.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn map(v: Value) -> Map<String, Value> {
+        v.as_object().unwrap().clone()
+    }
+
+    #[test]
+    fn names_and_paths() {
+        assert!(file_name(&map(json!({"file_name": "cat.png"}))).is_ok());
+        for bad in ["../x", "a/b", "a\\b", "..", "", "a\u{0}b"] {
+            assert!(
+                file_name(&map(json!({"file_name": bad}))).is_err(),
+                "{bad:?}"
+            );
+        }
+        assert!(file_path(&map(json!({"file_path": "files/u/r/cat.png"}))).is_ok());
+        for bad in ["/files/x", "files/../etc", "files/./x", ""] {
+            assert!(
+                file_path(&map(json!({"file_path": bad}))).is_err(),
+                "{bad:?}"
+            );
+        }
+        assert!(
+            reject_unknown(&map(json!({"file_path": "x", "extra": 1})), &["file_path"]).is_err()
+        );
+    }
+}

@@ -1,0 +1,139 @@
+//! Media intents at the gateway: 202 with a request id once the intent is in its topic, with the
+//! caller as owner; bad type, size, name or path → 400 naming the field and nothing produced.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use rdkafka::consumer::StreamConsumer;
+use rdkafka::message::Message;
+use serde_json::{json, Value};
+use substrate_testkit::Stack;
+use uuid::Uuid;
+
+use crate::harness::post_json;
+
+/// Records of `consumer` for `user`, by request id, read for `window`.
+async fn intents_of(
+    stack: &Stack,
+    consumer: &StreamConsumer,
+    user: Uuid,
+    window: Duration,
+) -> HashMap<String, Value> {
+    let mut out = HashMap::new();
+    let deadline = Instant::now() + window;
+    while let Some(left) = deadline.checked_duration_since(Instant::now()) {
+        let Ok(Ok(message)) = tokio::time::timeout(left, consumer.recv()).await else {
+            break;
+        };
+        let (value, _) = stack
+            .registry()
+            .decode(message.payload().unwrap())
+            .await
+            .unwrap();
+        let json = substrate_avro::avro_to_json(&value);
+        if json["user_id"] == user.to_string() {
+            out.insert(json["request_id"].as_str().unwrap().to_string(), json);
+        }
+    }
+    out
+}
+
+#[tokio::test]
+async fn media_intents_are_validated_and_produced() {
+    let stack = Stack::load();
+    let user = Uuid::new_v4();
+    let token = stack.token(user, "media@example.com");
+    let uploads = stack.consumer_at_end("internal.media.upload.intent");
+    let downloads = stack.consumer_at_end("internal.media.download.intent");
+    let deletes = stack.consumer_at_end("internal.media.delete.intent");
+    let url = |path: &str| format!("{}/api/v1/media/{path}", stack.gateway_url);
+
+    let (status, _, body) = post_json(
+        &url("upload-intent"),
+        Some(&token),
+        &json!({"file_name": "cat.png", "media_type": "image/png", "file_size": 2048}),
+    )
+    .await;
+    assert_eq!(status, 202, "{body}");
+    let upload_id = body["request_id"].as_str().unwrap().to_string();
+
+    for (body, field) in [
+        (
+            json!({"file_name": "a.exe", "media_type": "application/x-msdownload", "file_size": 10}),
+            "media_type",
+        ),
+        (
+            json!({"file_name": "big.mp4", "media_type": "video/mp4", "file_size": 10_000_000_000u64}),
+            "file_size",
+        ),
+        (
+            json!({"file_name": "zero.mp4", "media_type": "video/mp4", "file_size": 0}),
+            "file_size",
+        ),
+        (
+            json!({"file_name": "../etc/passwd", "media_type": "image/png", "file_size": 1}),
+            "file_name",
+        ),
+        (
+            json!({"media_type": "image/png", "file_size": 1}),
+            "file_name",
+        ),
+        (
+            json!({"file_name": "a.png", "media_type": "image/png", "file_size": 1, "owner": "x"}),
+            "owner",
+        ),
+    ] {
+        let (status, _, answer) = post_json(&url("upload-intent"), Some(&token), &body).await;
+        assert_eq!(status, 400, "{body} → {answer}");
+        assert_eq!(answer["error"]["field"], field, "{answer}");
+    }
+    let (status, _, _) = post_json(
+        &url("upload-intent"),
+        None,
+        &json!({"file_name": "cat.png", "media_type": "image/png", "file_size": 1}),
+    )
+    .await;
+    assert_eq!(status, 401);
+
+    let path = format!("files/{user}/{upload_id}/cat.png");
+    let (status, _, body) = post_json(
+        &url("download-intent"),
+        Some(&token),
+        &json!({"file_path": path}),
+    )
+    .await;
+    assert_eq!(status, 202, "{body}");
+    let download_id = body["request_id"].as_str().unwrap().to_string();
+    let (status, _, body) = post_json(
+        &url("delete-intent"),
+        Some(&token),
+        &json!({"file_path": path}),
+    )
+    .await;
+    assert_eq!(status, 202, "{body}");
+    let delete_id = body["request_id"].as_str().unwrap().to_string();
+    let (status, _, answer) = post_json(
+        &url("delete-intent"),
+        Some(&token),
+        &json!({"file_path": "files/../secrets"}),
+    )
+    .await;
+    assert_eq!(status, 400);
+    assert_eq!(answer["error"]["field"], "file_path");
+
+    let seen = intents_of(&stack, &uploads, user, Duration::from_secs(8)).await;
+    assert_eq!(
+        seen.len(),
+        1,
+        "only the valid upload intent was produced: {seen:?}"
+    );
+    let intent = &seen[&upload_id];
+    assert_eq!(intent["file_name"], "cat.png");
+    assert_eq!(intent["media_type"], "image/png");
+    assert_eq!(intent["file_size"], 2048);
+    let seen = intents_of(&stack, &downloads, user, Duration::from_secs(5)).await;
+    assert_eq!(seen[&download_id]["file_path"], path.as_str());
+    let seen = intents_of(&stack, &deletes, user, Duration::from_secs(5)).await;
+    assert_eq!(seen.len(), 1);
+    assert_eq!(seen[&delete_id]["file_path"], path.as_str());
+}
