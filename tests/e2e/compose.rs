@@ -159,6 +159,8 @@ fn compose_file_matches_the_repository() {
             "schema_registry",
             "auth",
             "webhooks",
+            "media",
+            "database",
             "telemetry",
         ],
         "gateway",

@@ -38,6 +38,11 @@ impl TestGateway {
         let addr: SocketAddr = listener.local_addr().unwrap();
         let shutdown = Shutdown::new();
         let handle = tokio::spawn(gateway::serve(config, listener, shutdown.clone()));
+        // A gateway that could not start says why here rather than as a refused connection.
+        tokio::task::yield_now().await;
+        if handle.is_finished() {
+            panic!("the test gateway stopped: {:?}", handle.await);
+        }
         Self {
             url: format!("http://{addr}"),
             shutdown,

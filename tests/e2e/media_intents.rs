@@ -137,3 +137,65 @@ async fn media_intents_are_validated_and_produced() {
     assert_eq!(seen.len(), 1);
     assert_eq!(seen[&delete_id]["file_path"], path.as_str());
 }
+
+#[tokio::test]
+async fn balance_and_files_are_the_callers_own() {
+    let stack = Stack::load();
+    let db = stack.db().await;
+    let user = Uuid::new_v4();
+    let other = Uuid::new_v4();
+    let token = stack.token(user, "files@example.com");
+    let http = crate::harness::http();
+    let get = |path: &str, token: Option<String>| {
+        let mut request = http.get(format!("{}{path}", stack.gateway_url));
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        async move {
+            let response = request.send().await.unwrap();
+            let status = response.status().as_u16();
+            (
+                status,
+                response.json::<Value>().await.unwrap_or(Value::Null),
+            )
+        }
+    };
+
+    // Before the first upload: the starting balance; after a charge: one less.
+    let (status, body) = get("/api/v1/credits", Some(token.clone())).await;
+    assert_eq!(status, 200);
+    let starting = body["balance"].as_i64().unwrap();
+    assert!(starting > 0);
+    substrate_db::media::debit(&db, Uuid::new_v4(), user, starting as i32)
+        .await
+        .unwrap();
+    let (_, body) = get("/api/v1/credits", Some(token.clone())).await;
+    assert_eq!(body["balance"], starting - 1);
+
+    // Files: only the caller's active ones.
+    for (owner, name, status) in [
+        (user, "kept.png", "active"),
+        (user, "gone.png", "deleted"),
+        (other, "theirs.png", "active"),
+    ] {
+        let request = Uuid::new_v4();
+        db.execute(
+            "INSERT INTO public.media_files (request_id, user_id, file_path, file_name, media_type, file_size, status)
+             VALUES ($1, $2, $3, $4, 'image/png', 10, $5)",
+            &[&request, &owner, &format!("files/{owner}/{request}/{name}"), &name, &status],
+        )
+        .await
+        .unwrap();
+    }
+    let (status, body) = get("/api/v1/media/files", Some(token.clone())).await;
+    assert_eq!(status, 200);
+    let names: Vec<&str> = body["files"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["file_name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, vec!["kept.png"]);
+    let (status, _) = get("/api/v1/media/files", None).await;
+    assert_eq!(status, 401);
+}

@@ -63,3 +63,40 @@ pub async fn ledger_sum<C: GenericClient>(client: &C, user: Uuid) -> Result<i64,
         .await?
         .get(0))
 }
+
+/// An active file.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MediaFile {
+    pub request_id: Uuid,
+    pub file_path: String,
+    pub file_name: String,
+    pub media_type: String,
+    pub file_size: i64,
+    pub created_at: chrono::DateTime<chrono::Utc>,
+}
+
+/// The user's active files, newest first (at most 1000).
+pub async fn active_files<C: GenericClient>(
+    client: &C,
+    user: Uuid,
+) -> Result<Vec<MediaFile>, DbError> {
+    let rows = client
+        .query(
+            "SELECT request_id, file_path, file_name, media_type, file_size, created_at
+             FROM public.media_files WHERE user_id = $1 AND status = 'active'
+             ORDER BY created_at DESC, file_path LIMIT 1000",
+            &[&user],
+        )
+        .await?;
+    Ok(rows
+        .iter()
+        .map(|r| MediaFile {
+            request_id: r.get(0),
+            file_path: r.get(1),
+            file_name: r.get(2),
+            media_type: r.get(3),
+            file_size: r.get(4),
+            created_at: r.get(5),
+        })
+        .collect())
+}

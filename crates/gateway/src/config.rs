@@ -26,6 +26,7 @@ media:
   download_intent_topic: internal.media.download.intent
   delete_intent_topic: internal.media.delete.intent
   max_file_bytes: 104857600
+  starting_credits: 10
   allowed_types:
     - image/jpeg
     - image/png
@@ -38,6 +39,9 @@ media:
     - audio/wav
     - audio/ogg
     - video/ogg
+database:
+  url: postgres://postgres:postgres@127.0.0.1:54322/postgres
+  pool_size: 4
 kafka:
   bootstrap_servers: 127.0.0.1:9092
   client_id: gateway
@@ -64,6 +68,8 @@ pub struct Config {
     pub auth: AuthConfig,
     pub webhooks: WebhooksConfig,
     pub media: MediaConfig,
+    /// Balances and files read by `GET /api/v1/credits` and `GET /api/v1/media/files`.
+    pub database: substrate_db::DbConfig,
     #[serde(default)]
     pub telemetry: TelemetryConfig,
 }
@@ -77,6 +83,8 @@ pub struct MediaConfig {
     pub delete_intent_topic: String,
     /// Largest upload a client may declare.
     pub max_file_bytes: u64,
+    /// The balance of a user before their first upload (the media saga grants it then).
+    pub starting_credits: i32,
     /// MIME types an upload may declare (JPEG, PNG, GIF, WebP, MP4, WebM, MPEG, WAV, OGG).
     pub allowed_types: Vec<String>,
 }

@@ -2,7 +2,8 @@
 //! The caller is the JWT's `sub`; the body is checked field by field (an upload's type against
 //! the allowed list, its size against the limit, names and paths for traversal) and the intent
 //! is produced to its topic. 202 with the `request_id` means the broker stored it; the outcome
-//! reaches the user as a notification.
+//! reaches the user as a notification. `GET /api/v1/credits` and `GET /api/v1/media/files` read
+//! the caller's balance and active files.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -24,9 +25,9 @@ use crate::App;
 /// What the media endpoints need from the configuration and the schema catalog.
 pub struct Media {
     pub config: crate::config::MediaConfig,
-    pub upload_schema: substrate_avro::TopicSchema,
-    pub download_schema: substrate_avro::TopicSchema,
-    pub delete_schema: substrate_avro::TopicSchema,
+    pub upload_schema: Option<substrate_avro::TopicSchema>,
+    pub download_schema: Option<substrate_avro::TopicSchema>,
+    pub delete_schema: Option<substrate_avro::TopicSchema>,
 }
 
 #[derive(Clone, Copy)]
@@ -89,12 +90,8 @@ async fn handle(app: &App, intent: Intent, headers: &HeaderMap, body: Body) -> R
     response
 }
 
-async fn accept(
-    app: &App,
-    intent: Intent,
-    headers: &HeaderMap,
-    body: Body,
-) -> Result<Response, ApiError> {
+/// The caller's user id (the JWT's `sub`).
+async fn caller(app: &App, headers: &HeaderMap) -> Result<Uuid, ApiError> {
     let claims = app
         .verifier
         .verify_header(
@@ -104,11 +101,65 @@ async fn accept(
         )
         .await
         .map_err(|e| ApiError::unauthorized(e.0))?;
-    let user = claims
+    claims
         .get("sub")
         .and_then(Value::as_str)
         .and_then(|s| Uuid::parse_str(s).ok())
-        .ok_or_else(|| ApiError::unauthorized("the token's `sub` is not a user id"))?;
+        .ok_or_else(|| ApiError::unauthorized("the token's `sub` is not a user id"))
+}
+
+fn db_unavailable(app: &App, error: impl std::fmt::Display) -> ApiError {
+    tracing::warn!(%error, "database read failed");
+    ApiError::unavailable(
+        format!("the database did not answer: {error}"),
+        app.publisher.retry_after_secs,
+    )
+}
+
+/// `GET /api/v1/credits`: `{"balance"}` (the starting balance before the first upload).
+pub async fn credits(State(app): State<Arc<App>>, headers: HeaderMap) -> Response {
+    let result = async {
+        let user = caller(&app, &headers).await?;
+        let client = app.db.get().await.map_err(|e| db_unavailable(&app, e))?;
+        let balance = substrate_db::media::balance(&**client, user)
+            .await
+            .map_err(|e| db_unavailable(&app, e))?
+            .unwrap_or(app.media.config.starting_credits);
+        Ok::<_, ApiError>(Json(json!({"balance": balance})).into_response())
+    }
+    .await;
+    result.unwrap_or_else(IntoResponse::into_response)
+}
+
+/// `GET /api/v1/media/files`: the caller's active files, newest first.
+pub async fn files(State(app): State<Arc<App>>, headers: HeaderMap) -> Response {
+    let result = async {
+        let user = caller(&app, &headers).await?;
+        let client = app.db.get().await.map_err(|e| db_unavailable(&app, e))?;
+        let files = substrate_db::media::active_files(&**client, user)
+            .await
+            .map_err(|e| db_unavailable(&app, e))?;
+        let files: Vec<Value> = files
+            .into_iter()
+            .map(|f| {
+                json!({"file_path": f.file_path, "file_name": f.file_name,
+                       "media_type": f.media_type, "file_size": f.file_size,
+                       "request_id": f.request_id, "created_at": f.created_at.to_rfc3339()})
+            })
+            .collect();
+        Ok::<_, ApiError>(Json(json!({"files": files})).into_response())
+    }
+    .await;
+    result.unwrap_or_else(IntoResponse::into_response)
+}
+
+async fn accept(
+    app: &App,
+    intent: Intent,
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let user = caller(app, headers).await?;
     check_json_content_type(headers)?;
     let bytes = read_limited(headers, body, app.limits.max_event_bytes).await?;
     let fields: Map<String, Value> = match serde_json::from_slice(&bytes) {
@@ -184,6 +235,13 @@ async fn accept(
             )
         }
     };
+    let schema = schema.as_ref().ok_or_else(|| {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "media_unavailable",
+            format!("{topic} has no schema in this gateway's avro directory"),
+        )
+    })?;
     let target = Target {
         topic,
         event_type: intent.event_type(),
