@@ -199,3 +199,82 @@ async fn balance_and_files_are_the_callers_own() {
     let (status, _) = get("/api/v1/media/files", None).await;
     assert_eq!(status, 401);
 }
+
+#[tokio::test]
+async fn media_results_become_the_owners_notifications() {
+    use rdkafka::message::{Header, OwnedHeaders};
+    use rdkafka::producer::{FutureProducer, FutureRecord};
+
+    let stack = Stack::load();
+    let db = stack.db().await;
+    let catalog =
+        substrate_avro::Catalog::load(&substrate_testkit::repo_root().join("avro")).unwrap();
+    let producer: FutureProducer = stack.kafka().producer_config().create().unwrap();
+    let user = Uuid::new_v4();
+    let now = chrono::Utc::now().timestamp_millis();
+    let mut expected = Vec::new();
+    for (topic, event_type) in [
+        ("public.media.upload.signed", "media.upload_ready"),
+        ("public.media.upload.rejected", "media.upload_rejected"),
+        ("public.media.upload.confirmed", "media.upload_confirmed"),
+        ("internal.media.upload.dead-letter", "media.upload_failed"),
+        ("public.media.expired.events", "media.upload_expired"),
+        ("public.media.download.signed", "media.download_ready"),
+        ("public.media.download.rejected", "media.download_rejected"),
+        ("public.media.delete.events", "media.file_deleted"),
+        ("public.media.delete.rejected", "media.delete_rejected"),
+    ] {
+        let schema = catalog.get(topic).unwrap();
+        let mut record = serde_json::Map::new();
+        for field in schema.field_names() {
+            let value = match field {
+                "request_id" => json!(Uuid::new_v4()),
+                "user_id" => json!(user),
+                f if f.ends_with("_at") => json!(now),
+                "file_size" | "size" | "retry_count" | "balance" => json!(1),
+                f => json!(format!("{f} of {event_type}")),
+            };
+            record.insert(field.to_string(), value);
+        }
+        let value = schema.to_avro(&Value::Object(record)).unwrap();
+        let bytes = stack.registry().encode(topic, value).await.unwrap();
+        let id = Uuid::new_v4();
+        let id_text = id.to_string();
+        let headers = OwnedHeaders::new().insert(Header {
+            key: "ce_id",
+            value: Some(id_text.as_str()),
+        });
+        producer
+            .send(
+                FutureRecord::<str, [u8]>::to(topic)
+                    .key(&id_text)
+                    .payload(&bytes)
+                    .headers(headers),
+                Duration::from_secs(10),
+            )
+            .await
+            .map_err(|(e, _)| e)
+            .unwrap();
+        expected.push((id, event_type));
+    }
+    for (id, event_type) in expected {
+        let row = substrate_testkit::eventually(Duration::from_secs(30), event_type, || {
+            let db = &db;
+            async move {
+                db.query_opt(
+                    "SELECT event_type, visibility, recipient_id, payload FROM public.user_notifications WHERE event_id = $1",
+                    &[&id],
+                )
+                .await
+                .unwrap()
+            }
+        })
+        .await
+        .unwrap();
+        assert_eq!(row.get::<_, String>(0), event_type);
+        assert_eq!(row.get::<_, String>(1), "direct");
+        assert_eq!(row.get::<_, Option<Uuid>>(2), Some(user));
+        let payload: Value = row.get(3);
+        assert_eq!(payload["user_id"], user.to_string());
+    }
+}

@@ -36,6 +36,44 @@ notification_writer:
       visibility_field: visibility
       recipient_field: recipient_id
       payload_field: payload
+    # Media saga results: a direct notification to the file's owner (payload = the record,
+    # e.g. upload_url / download_url / reason).
+    public.media.upload.signed:
+      event_type: media.upload_ready
+      visibility: direct
+      recipient_field: user_id
+    public.media.upload.rejected:
+      event_type: media.upload_rejected
+      visibility: direct
+      recipient_field: user_id
+    public.media.upload.confirmed:
+      event_type: media.upload_confirmed
+      visibility: direct
+      recipient_field: user_id
+    internal.media.upload.dead-letter:
+      event_type: media.upload_failed
+      visibility: direct
+      recipient_field: user_id
+    public.media.expired.events:
+      event_type: media.upload_expired
+      visibility: direct
+      recipient_field: user_id
+    public.media.download.signed:
+      event_type: media.download_ready
+      visibility: direct
+      recipient_field: user_id
+    public.media.download.rejected:
+      event_type: media.download_rejected
+      visibility: direct
+      recipient_field: user_id
+    public.media.delete.events:
+      event_type: media.file_deleted
+      visibility: direct
+      recipient_field: user_id
+    public.media.delete.rejected:
+      event_type: media.delete_rejected
+      visibility: direct
+      recipient_field: user_id
 kafka:
   bootstrap_servers: 127.0.0.1:9092
   client_id: notification-writer
