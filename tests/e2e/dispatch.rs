@@ -120,41 +120,15 @@ async fn vip_purchase_alerts_slack_and_others_are_archived_to_s3() {
     assert_eq!(headers["content-type"], "application/json");
 
     // The others → NDJSON lines in the archive bucket under prefix/topic/date/.
-    let s3 = stack.s3.client();
-    let archived = eventually(Duration::from_secs(30), "the archived events", || {
-        let s3 = s3.clone();
-        let bucket = stack.s3_archive_bucket.clone();
-        let prefix = prefix.clone();
-        let (regular, small_vip) = (regular.clone(), small_vip.clone());
-        async move {
-            let listed = s3
-                .list_objects_v2()
-                .bucket(&bucket)
-                .prefix(format!("{prefix}/public.commerce.purchase.events/"))
-                .send()
-                .await
-                .ok()?;
-            let mut events = Vec::new();
-            for object in listed.contents() {
-                let bytes = s3
-                    .get_object()
-                    .bucket(&bucket)
-                    .key(object.key()?)
-                    .send()
-                    .await
-                    .ok()?
-                    .body
-                    .collect()
-                    .await
-                    .ok()?
-                    .into_bytes();
-                for line in String::from_utf8_lossy(&bytes).lines() {
-                    let v: Value = serde_json::from_str(line).ok()?;
-                    events.push(v["event_id"].as_str()?.to_string());
-                }
-            }
-            (events.contains(&regular) && events.contains(&small_vip)).then_some(events)
-        }
+    let dir = format!("{prefix}/public.commerce.purchase.events/");
+    let archived = eventually(Duration::from_secs(30), "the archived events", || async {
+        let events: Vec<String> = stack
+            .archived_lines(&dir)
+            .await?
+            .iter()
+            .filter_map(|(_, line)| line["event_id"].as_str().map(String::from))
+            .collect();
+        (events.contains(&regular) && events.contains(&small_vip)).then_some(events)
     })
     .await
     .unwrap();

@@ -180,6 +180,42 @@ impl Stack {
 }
 
 impl Stack {
+    /// Every NDJSON line under `prefix` in the archive bucket, with the key of its object;
+    /// `None` while the bucket cannot be listed or read.
+    pub async fn archived_lines(&self, prefix: &str) -> Option<Vec<(String, Value)>> {
+        let s3 = self.s3.client();
+        let bucket = &self.s3_archive_bucket;
+        let listed = s3
+            .list_objects_v2()
+            .bucket(bucket)
+            .prefix(prefix)
+            .send()
+            .await
+            .ok()?;
+        let mut lines = Vec::new();
+        for object in listed.contents() {
+            let key = object.key()?;
+            let bytes = s3
+                .get_object()
+                .bucket(bucket)
+                .key(key)
+                .send()
+                .await
+                .ok()?
+                .body
+                .collect()
+                .await
+                .ok()?
+                .into_bytes();
+            for line in String::from_utf8_lossy(&bytes).lines() {
+                lines.push((key.to_string(), serde_json::from_str(line).ok()?));
+            }
+        }
+        Some(lines)
+    }
+}
+
+impl Stack {
     /// A consumer positioned at the current end of every partition of `topic`: it sees only
     /// records produced after this call, however long the topic is.
     pub fn consumer_at_end(&self, topic: &str) -> StreamConsumer {

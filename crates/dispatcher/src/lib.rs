@@ -56,23 +56,17 @@ pub async fn serve(
     let producer = Producer::new(&config.kafka).context("creating the producer")?;
 
     let endpoints = endpoints::Endpoints::new(pool.clone());
-    let mut delay = Duration::from_millis(200);
-    loop {
-        match endpoints.refresh().await {
-            Ok(n) => {
-                tracing::info!(disabled = n, "endpoints loaded");
-                break;
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "loading disabled endpoints failed; retrying");
-                tokio::select! {
-                    _ = shutdown.cancelled() => return Ok(()),
-                    _ = tokio::time::sleep(delay) => {}
-                }
-                delay = (delay * 2).min(Duration::from_secs(5));
-            }
-        }
-    }
+    let Some(n) = substrate_runtime::retry::until_ok(
+        &shutdown.token(),
+        "loading disabled endpoints",
+        Duration::from_millis(200),
+        || endpoints.refresh(),
+    )
+    .await
+    else {
+        return Ok(());
+    };
+    tracing::info!(disabled = n, "endpoints loaded");
     endpoints.spawn_refresh(
         Duration::from_secs(c.endpoint_refresh_secs),
         shutdown.token(),

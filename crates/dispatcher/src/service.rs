@@ -429,22 +429,11 @@ impl Dispatcher {
     }
 }
 
-/// Runs `effect` until it succeeds, backing off on failure; `None` when shutdown came first.
-async fn persist<T, F, Fut>(shutdown: &CancellationToken, what: &str, mut effect: F) -> Option<T>
+/// Retries an effect until it is durable (100 ms → 5 s backoff); `None` on shutdown.
+async fn persist<T, F, Fut>(shutdown: &CancellationToken, what: &str, effect: F) -> Option<T>
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = Result<T, String>>,
 {
-    let mut delay = Duration::from_millis(100);
-    loop {
-        match effect().await {
-            Ok(value) => return Some(value),
-            Err(error) => tracing::warn!(%error, "{what} failed; retrying"),
-        }
-        tokio::select! {
-            _ = shutdown.cancelled() => return None,
-            _ = tokio::time::sleep(delay) => {}
-        }
-        delay = (delay * 2).min(Duration::from_secs(5));
-    }
+    substrate_runtime::retry::until_ok(shutdown, what, Duration::from_millis(100), effect).await
 }

@@ -56,23 +56,17 @@ pub async fn serve(
 
     let store = store::Store::new(pool.clone());
     // Evaluate nothing before the rules are known: wait for the first load.
-    let mut delay = Duration::from_millis(200);
-    loop {
-        match store.reload().await {
-            Ok(n) => {
-                tracing::info!(rules = n, "rules loaded");
-                break;
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "loading rules failed; retrying");
-                tokio::select! {
-                    _ = shutdown.cancelled() => return Ok(()),
-                    _ = tokio::time::sleep(delay) => {}
-                }
-                delay = (delay * 2).min(Duration::from_secs(5));
-            }
-        }
-    }
+    let Some(n) = substrate_runtime::retry::until_ok(
+        &shutdown.token(),
+        "loading rules",
+        Duration::from_millis(200),
+        || store.reload(),
+    )
+    .await
+    else {
+        return Ok(());
+    };
+    tracing::info!(rules = n, "rules loaded");
     store::spawn_listener(
         store.clone(),
         config.database.url.clone(),

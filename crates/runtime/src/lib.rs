@@ -3,6 +3,7 @@
 
 pub mod config;
 pub mod ops;
+pub mod retry;
 pub mod shutdown;
 pub mod telemetry;
 

@@ -208,46 +208,19 @@ async fn every_sink_delivers_and_webhooks_verify_independently() {
     assert_eq!(row.2["purchase"]["amount"], 750.0);
 
     // S3: the three events in NDJSON under prefix/topic/date/.
-    let s3 = setup.stack.s3.client();
-    let lines = eventually(Duration::from_secs(20), "archive objects", || {
-        let s3 = s3.clone();
-        let bucket = setup.stack.s3_archive_bucket.clone();
-        let prefix = prefix.clone();
-        async move {
-            let listed = s3
-                .list_objects_v2()
-                .bucket(&bucket)
-                .prefix(format!("{prefix}/public.commerce.purchase.events/"))
-                .send()
-                .await
-                .ok()?;
-            let mut lines = Vec::new();
-            for object in listed.contents() {
-                let key = object.key().unwrap();
-                assert!(key.ends_with(".ndjson"), "{key}");
-                let date = chrono::Utc::now().format("%Y-%m-%d").to_string();
-                assert!(key.contains(&date), "{key} has the event date");
-                let body = s3
-                    .get_object()
-                    .bucket(&bucket)
-                    .key(key)
-                    .send()
-                    .await
-                    .ok()?
-                    .body
-                    .collect()
-                    .await
-                    .ok()?
-                    .into_bytes();
-                for line in String::from_utf8(body.to_vec()).unwrap().lines() {
-                    lines.push(serde_json::from_str::<Value>(line).unwrap());
-                }
-            }
-            (lines.len() >= 3).then_some(lines)
-        }
+    let dir = format!("{prefix}/public.commerce.purchase.events/");
+    let lines = eventually(Duration::from_secs(20), "archive objects", || async {
+        let lines = setup.stack.archived_lines(&dir).await?;
+        (lines.len() >= 3).then_some(lines)
     })
     .await
     .unwrap();
+    let date = chrono::Utc::now().format("%Y-%m-%d").to_string();
+    for (key, _) in &lines {
+        assert!(key.ends_with(".ndjson"), "{key}");
+        assert!(key.contains(&date), "{key} has the event date");
+    }
+    let lines: Vec<Value> = lines.into_iter().map(|(_, line)| line).collect();
     let ids: HashSet<String> = lines
         .iter()
         .map(|l| l["request_id"].as_str().unwrap().to_string())
