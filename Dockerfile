@@ -1,5 +1,5 @@
 # One image per service: docker build --build-arg SERVICE=gateway .
-# SERVICE is a binary of the workspace: gateway, notification-writer, rule-evaluator, dispatcher
+# SERVICE is a binary of the workspace: gateway, notification-writer, rule-evaluator, dispatcher, media-saga
 # or esctl.
 FROM rust:1.95-bookworm AS build
 RUN apt-get update && apt-get install -y --no-install-recommends cmake libcurl4-openssl-dev \

@@ -28,6 +28,7 @@ GATEWAY_PORT=8080
 NOTIFICATION_WRITER_PORT=8091
 RULE_EVALUATOR_PORT=8092
 DISPATCHER_PORT=8093
+MEDIA_SAGA_PORT=8094
 # SeaweedFS (one `weed server` process): S3 API plus its internal master/volume/filer; gRPC = HTTP + 10000.
 S3_PORT=8333
 S3_MASTER_PORT=8334
@@ -196,7 +197,7 @@ ensure_secrets() {
     umask 077
     [[ -s "$SECRETS_ENV" ]] || echo "# Generated once by scripts/stack; deleted by 'task purge'." > "$SECRETS_ENV"
   )
-  for key in JWT_SECRET LOGIN_WEBHOOK_SECRET S3_ACCESS_KEY_ID S3_SECRET_ACCESS_KEY; do
+  for key in JWT_SECRET LOGIN_WEBHOOK_SECRET MEDIA_WEBHOOK_SECRET S3_ACCESS_KEY_ID S3_SECRET_ACCESS_KEY; do
     grep -q "^$key=" "$SECRETS_ENV" && continue
     case "$key" in
       JWT_SECRET) value=$(random_string 48) ;;

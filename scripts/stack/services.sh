@@ -2,9 +2,8 @@
 # The project's own Rust services on top of the infra (scripts/stack/stack.sh start must have run).
 # Usage: scripts/stack/services.sh {start|stop|status|build}
 #   start: stop running services, cargo build --release, esctl migrate, esctl provision,
-#          start gateway, notification-writer, rule-evaluator and dispatcher in the background and
-#          wait for
-#          /readyz.
+#          start gateway, notification-writer, rule-evaluator, dispatcher and media-saga in the
+#          background and wait for /readyz.
 #          SKIP_BUILD=1 skips the cargo build (binaries must already exist).
 # Every command sees the variables of .local/stack.env.
 # shellcheck source=scripts/stack/lib.sh source-path=SCRIPTDIR
@@ -12,7 +11,7 @@ source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/event-substrate/target}"
 BIN_DIR="$CARGO_TARGET_DIR/release"
-SERVICES=(gateway notification-writer rule-evaluator dispatcher)
+SERVICES=(gateway notification-writer rule-evaluator dispatcher media-saga)
 
 load_env() {
   [[ -f "$STACK_ENV" ]] || die "$(rel "$STACK_ENV") missing: run the infra first (./taskw infra:start)"
@@ -29,6 +28,7 @@ port_of() {
     notification-writer) echo "$NOTIFICATION_WRITER_PORT" ;;
     rule-evaluator) echo "$RULE_EVALUATOR_PORT" ;;
     dispatcher) echo "$DISPATCHER_PORT" ;;
+    media-saga) echo "$MEDIA_SAGA_PORT" ;;
   esac
 }
 
@@ -38,12 +38,13 @@ ready_url() {
     notification-writer) echo "http://127.0.0.1:$NOTIFICATION_WRITER_PORT/readyz" ;;
     rule-evaluator) echo "http://127.0.0.1:$RULE_EVALUATOR_PORT/readyz" ;;
     dispatcher) echo "http://127.0.0.1:$DISPATCHER_PORT/readyz" ;;
+    media-saga) echo "http://127.0.0.1:$MEDIA_SAGA_PORT/readyz" ;;
   esac
 }
 
 build() {
-  say "cargo build --release -p gateway -p notification-writer -p rule-evaluator -p dispatcher -p esctl (CARGO_TARGET_DIR=$CARGO_TARGET_DIR)"
-  (cd "$ROOT" && cargo build --release -p gateway -p notification-writer -p rule-evaluator -p dispatcher -p esctl)
+  say "cargo build --release -p gateway -p notification-writer -p rule-evaluator -p dispatcher -p media-saga -p esctl (CARGO_TARGET_DIR=$CARGO_TARGET_DIR)"
+  (cd "$ROOT" && cargo build --release -p gateway -p notification-writer -p rule-evaluator -p dispatcher -p media-saga -p esctl)
 }
 
 stop_one() {

@@ -161,6 +161,7 @@ fn compose_file_matches_the_repository() {
             "webhooks",
             "media",
             "database",
+            "s3",
             "telemetry",
         ],
         "gateway",
@@ -228,6 +229,30 @@ fn compose_file_matches_the_repository() {
             .unwrap_or_else(|e| panic!("dispatcher env in compose: {e}"));
     assert_port(&services["dispatcher"], &config.dispatcher.listen);
     assert!(config.s3.is_some(), "the dispatcher gets the object store");
+
+    let saga_env = environment(&services["media-saga"]);
+    let overlay = config_overlay(
+        &saga_env,
+        &[
+            "media_saga",
+            "kafka",
+            "schema_registry",
+            "database",
+            "s3",
+            "telemetry",
+        ],
+        "media-saga",
+    );
+    let config: media_saga::Config =
+        substrate_runtime::config::load_config_from(media_saga::config::DEFAULTS, &overlay)
+            .unwrap_or_else(|e| panic!("media-saga env in compose: {e}"));
+    assert_port(&services["media-saga"], &config.media_saga.listen);
+    let minio_env = environment(&services["minio"]);
+    assert_eq!(
+        minio_env.get("MINIO_NOTIFY_WEBHOOK_AUTH_TOKEN_MEDIA"),
+        config.media_saga.webhook_secret.as_ref(),
+        "MinIO authenticates to media-saga's webhook with its secret"
+    );
 
     // esctl reads its connection settings from the same variables (clap `env`).
     let esctl = std::fs::read_to_string(repo_root().join("crates/esctl/src/main.rs")).unwrap();

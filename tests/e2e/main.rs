@@ -9,5 +9,6 @@ mod gateway_auth;
 mod harness;
 mod media_credits;
 mod media_intents;
+mod media_saga;
 mod routes_reload;
 mod writer_dead_letter;

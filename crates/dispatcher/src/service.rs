@@ -5,20 +5,17 @@
 //! duplicates only with the same `webhook-id`).
 
 use std::future::Future;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::consumer::StreamConsumer;
 use rdkafka::message::{Message, OwnedMessage};
 use serde_json::json;
 use substrate_avro::{avro_to_json, Registry};
 use substrate_db::dispatch::Attempt;
-use substrate_kafka::consumer::OffsetBatch;
-use substrate_kafka::retry::{DelayGate, Gate, InFlight, Retrier, RetryState, Routed};
+use substrate_kafka::retry::{DelayGate, Gate, Retrier, RetryState, Routed};
 use substrate_rules::actions::Action;
-use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 
 use crate::audit::AuditLog;
 use crate::endpoints::Endpoints;
@@ -53,81 +50,32 @@ impl Dispatcher {
     pub async fn run(self, shutdown: CancellationToken, drain: Duration) -> anyhow::Result<()> {
         let this = Arc::new(self);
         let gate = DelayGate::new(this.consumer.clone());
-        let in_flight = Arc::new(Mutex::new(InFlight::default()));
-        let slots = Arc::new(Semaphore::new(this.max_in_flight));
-        let tasks = TaskTracker::new();
-        loop {
-            let message = tokio::select! {
-                _ = shutdown.cancelled() => break,
-                m = this.consumer.recv() => match m {
-                    Ok(m) => m.detach(),
-                    Err(e) => {
-                        tracing::warn!(error = %e, "consumer error");
-                        continue;
-                    }
-                },
-            };
-            let state = RetryState::of(&message);
-            tracing::trace!(
-                topic = message.topic(),
-                partition = message.partition(),
-                offset = message.offset(),
-                "received"
-            );
-            if this.retrier.schedule().is_delay_topic(message.topic())
-                && gate.check(&message, state.due_ms) != Gate::Due
-            {
-                continue;
-            }
-            let permit = tokio::select! {
-                _ = shutdown.cancelled() => break,
-                p = slots.clone().acquire_owned() => p.expect("never closed"),
-            };
-            let (topic, partition, offset) = (
-                message.topic().to_string(),
-                message.partition(),
-                message.offset(),
-            );
-            in_flight
-                .lock()
-                .expect("in-flight lock")
-                .begin(&topic, partition, offset);
+        let schedule = this.retrier.schedule().clone();
+        let admit = move |message: &OwnedMessage| {
+            !schedule.is_delay_topic(message.topic())
+                || gate.check(message, RetryState::of(message).due_ms) == Gate::Due
+        };
+        let handler = {
             let this = this.clone();
-            let in_flight = in_flight.clone();
             let shutdown = shutdown.clone();
-            tasks.spawn(async move {
-                let finished = this.handle(&message, &state, &shutdown).await;
-                drop(permit);
-                if !finished {
-                    return;
+            move |message: OwnedMessage| {
+                let this = this.clone();
+                let shutdown = shutdown.clone();
+                async move {
+                    let state = RetryState::of(&message);
+                    this.handle(&message, &state, &shutdown).await
                 }
-                let next = in_flight
-                    .lock()
-                    .expect("in-flight lock")
-                    .finish(&topic, partition, offset);
-                if let Some(next) = next {
-                    let mut batch = OffsetBatch::new();
-                    batch.processed(&topic, partition, next - 1);
-                    if let Err(e) = batch.store(&*this.consumer) {
-                        tracing::debug!(error = %e, "storing an offset failed (partition revoked?)");
-                    }
-                }
-            });
-        }
-        tasks.close();
-        if tokio::time::timeout(drain, tasks.wait()).await.is_err() {
-            tracing::warn!(
-                pending = in_flight.lock().expect("in-flight lock").pending(),
-                "deliveries still running at shutdown; they will be redelivered"
-            );
-        }
-        // Ship the stored offsets now rather than at the next auto-commit tick.
-        if let Err(e) = this
-            .consumer
-            .commit_consumer_state(rdkafka::consumer::CommitMode::Sync)
-        {
-            tracing::debug!(error = %e, "final commit");
-        }
+            }
+        };
+        substrate_kafka::worker::run(
+            this.consumer.clone(),
+            this.max_in_flight,
+            shutdown,
+            drain,
+            admit,
+            handler,
+        )
+        .await;
         Ok(())
     }
 

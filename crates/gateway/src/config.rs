@@ -25,6 +25,8 @@ media:
   upload_intent_topic: internal.media.upload.intent
   download_intent_topic: internal.media.download.intent
   delete_intent_topic: internal.media.delete.intent
+  upload_received_topic: internal.media.upload.received
+  bucket: media-uploads
   max_file_bytes: 104857600
   starting_credits: 10
   allowed_types:
@@ -70,6 +72,9 @@ pub struct Config {
     pub media: MediaConfig,
     /// Balances and files read by `GET /api/v1/credits` and `GET /api/v1/media/files`.
     pub database: substrate_db::DbConfig,
+    /// The object store of media uploads; without it upload-complete answers 503.
+    #[serde(default)]
+    pub s3: Option<substrate_s3::S3Config>,
     #[serde(default)]
     pub telemetry: TelemetryConfig,
 }
@@ -81,6 +86,10 @@ pub struct MediaConfig {
     pub upload_intent_topic: String,
     pub download_intent_topic: String,
     pub delete_intent_topic: String,
+    /// Where `POST /api/v1/media/upload-complete` reports a verified upload.
+    pub upload_received_topic: String,
+    /// The bucket the media saga signs uploads for (the upload-complete check HEADs it).
+    pub bucket: String,
     /// Largest upload a client may declare.
     pub max_file_bytes: u64,
     /// The balance of a user before their first upload (the media saga grants it then).
@@ -138,6 +147,10 @@ impl Validate for Config {
     fn validate(&self) -> Result<(), ConfigError> {
         if self.media.max_file_bytes == 0 {
             return Err(ConfigError::invalid("media.max_file_bytes", "must be > 0"));
+        }
+        if let Some(s3) = &self.s3 {
+            s3.check("s3")
+                .map_err(|(key, m)| ConfigError::invalid(key, m))?;
         }
         if self.media.allowed_types.is_empty() {
             return Err(ConfigError::invalid(

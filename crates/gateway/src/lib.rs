@@ -88,6 +88,8 @@ pub fn build(config: &Config, shutdown: &Shutdown) -> anyhow::Result<(Router, Pr
         upload_schema: media_schema(&config.media.upload_intent_topic),
         download_schema: media_schema(&config.media.download_intent_topic),
         delete_schema: media_schema(&config.media.delete_intent_topic),
+        received_schema: media_schema(&config.media.upload_received_topic),
+        s3: config.s3.as_ref().map(|s3| s3.client()),
         config: config.media.clone(),
     };
     let db = substrate_db::connect_pool(&config.database).context("database settings")?;
@@ -132,6 +134,10 @@ pub fn build(config: &Config, shutdown: &Shutdown) -> anyhow::Result<(Router, Pr
             post(media::download_intent),
         )
         .route("/api/v1/media/delete-intent", post(media::delete_intent))
+        .route(
+            "/api/v1/media/upload-complete",
+            post(media::upload_complete),
+        )
         .route("/api/v1/credits", get(media::credits))
         .route("/api/v1/media/files", get(media::files))
         .with_state(app)

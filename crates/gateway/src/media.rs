@@ -28,6 +28,9 @@ pub struct Media {
     pub upload_schema: Option<substrate_avro::TopicSchema>,
     pub download_schema: Option<substrate_avro::TopicSchema>,
     pub delete_schema: Option<substrate_avro::TopicSchema>,
+    pub received_schema: Option<substrate_avro::TopicSchema>,
+    /// HEADs uploads for `upload-complete` (absent: that endpoint answers 503).
+    pub s3: Option<substrate_s3::Client>,
 }
 
 #[derive(Clone, Copy)]
@@ -153,6 +156,157 @@ pub async fn files(State(app): State<Arc<App>>, headers: HeaderMap) -> Response 
     result.unwrap_or_else(IntoResponse::into_response)
 }
 
+/// `POST /api/v1/media/upload-complete` `{"request_id"}`: the client says its PUT finished.
+/// The object is HEADed (it exists with the declared size and type) and the arrival goes to
+/// `internal.media.upload.received`; 202 once the broker has it. Repeating the call after the
+/// arrival was recorded answers 202 again; an upload that was rejected, expired or failed
+/// answers 409.
+pub async fn upload_complete(
+    State(app): State<Arc<App>>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let started = Instant::now();
+    let response = complete(&app, &headers, body)
+        .await
+        .unwrap_or_else(IntoResponse::into_response);
+    let label = "media.upload-complete";
+    metrics::counter!(REQUESTS, "route" => label, "status" => response.status().as_u16().to_string()).increment(1);
+    metrics::histogram!(REQUEST_SECONDS, "route" => label).record(started.elapsed().as_secs_f64());
+    response
+}
+
+async fn complete(app: &App, headers: &HeaderMap, body: Body) -> Result<Response, ApiError> {
+    let user = caller(app, headers).await?;
+    check_json_content_type(headers)?;
+    let bytes = read_limited(headers, body, app.limits.max_event_bytes).await?;
+    let fields = json_object(&bytes)?;
+    reject_unknown(&fields, &["request_id"])?;
+    let request_id = fields
+        .get("request_id")
+        .and_then(Value::as_str)
+        .and_then(|s| Uuid::parse_str(s).ok())
+        .ok_or_else(|| ApiError::invalid_field("request_id", "required, a UUID"))?;
+    let media = &app.media;
+    let topic = &media.config.upload_received_topic;
+    let (Some(s3), Some(schema)) = (&media.s3, &media.received_schema) else {
+        return Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "media_unavailable",
+            "this gateway has no object store settings (s3) or no schema for the received topic",
+        ));
+    };
+    let saga = {
+        let client = app.db.get().await.map_err(|e| db_unavailable(app, e))?;
+        substrate_db::media::saga(&**client, request_id)
+            .await
+            .map_err(|e| db_unavailable(app, e))?
+    }
+    .filter(|s| s.user_id == user)
+    .ok_or_else(|| {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            "unknown_request",
+            format!("no signed upload {request_id} of yours (is the upload URL notification there yet?)"),
+        )
+    })?;
+    let conflict = |code: &'static str, message: String| {
+        Err(ApiError::new(StatusCode::CONFLICT, code, message))
+    };
+    match saga.state.as_str() {
+        "signed" => {}
+        "received" | "confirmed" => {
+            return Ok((
+                StatusCode::ACCEPTED,
+                Json(json!({"request_id": request_id, "state": saga.state})),
+            )
+                .into_response())
+        }
+        "expired" => {
+            return conflict(
+                "upload_expired",
+                "the upload URL expired; start a new upload".into(),
+            )
+        }
+        "rejected" => {
+            return conflict(
+                "upload_rejected",
+                format!(
+                    "the upload was rejected: {}",
+                    saga.reason.unwrap_or_default()
+                ),
+            )
+        }
+        other => {
+            return conflict(
+                "upload_failed",
+                format!("the upload is {other}: {}", saga.reason.unwrap_or_default()),
+            )
+        }
+    }
+    if saga.expires_at.is_some_and(|t| t <= chrono::Utc::now()) {
+        return conflict(
+            "upload_expired",
+            "the upload URL expired; start a new upload".into(),
+        );
+    }
+    let upload_path = saga.upload_path.clone().unwrap_or_default();
+    let head = substrate_s3::head(s3, &media.config.bucket, &upload_path)
+        .await
+        .map_err(|e| {
+            tracing::warn!(error = %e, "HEAD of an upload failed");
+            ApiError::unavailable(
+                format!("the object store did not answer: {e}"),
+                app.publisher.retry_after_secs,
+            )
+        })?
+        .ok_or_else(|| {
+            ApiError::new(
+                StatusCode::CONFLICT,
+                "upload_missing",
+                format!("nothing at {upload_path} yet: PUT the file to the signed URL first"),
+            )
+        })?;
+    saga.check_upload(head.size, head.content_type.as_deref())
+        .map_err(|m| ApiError::new(StatusCode::CONFLICT, "upload_mismatch", m))?;
+    let record = json!({"request_id": request_id, "user_id": user, "file_path": upload_path,
+        "permanent_path": saga.permanent_path, "size": head.size,
+        "content_type": saga.media_type, "source": "client", "retry_count": 0});
+    let target = Target {
+        topic,
+        event_type: "media.upload_received",
+        schema,
+        key_field: Some("request_id"),
+    };
+    // The same id as the saga's own report of this arrival (an S3 event), so the two are one.
+    let event_id =
+        substrate_kafka::headers::derived_event_id(request_id, "internal.media.upload.received", 0);
+    let encoded = app.publisher.encode(&target, event_id, &record).await?;
+    let trace = trace_from(headers.get("traceparent").and_then(|v| v.to_str().ok()));
+    app.publisher.send(topic, &encoded, &trace).await?;
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(json!({"request_id": request_id, "state": "received"})),
+    )
+        .into_response())
+}
+
+fn json_object(bytes: &[u8]) -> Result<Map<String, Value>, ApiError> {
+    match serde_json::from_slice(bytes) {
+        Ok(Value::Object(map)) => Ok(map),
+        Ok(_) => Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_body",
+            "the body must be a JSON object",
+        )),
+        Err(e) => Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_json",
+            format!("the body is not JSON: {e}"),
+        )),
+    }
+}
+
 async fn accept(
     app: &App,
     intent: Intent,
@@ -162,23 +316,7 @@ async fn accept(
     let user = caller(app, headers).await?;
     check_json_content_type(headers)?;
     let bytes = read_limited(headers, body, app.limits.max_event_bytes).await?;
-    let fields: Map<String, Value> = match serde_json::from_slice(&bytes) {
-        Ok(Value::Object(map)) => map,
-        Ok(_) => {
-            return Err(ApiError::new(
-                StatusCode::BAD_REQUEST,
-                "invalid_body",
-                "the body must be a JSON object",
-            ))
-        }
-        Err(e) => {
-            return Err(ApiError::new(
-                StatusCode::BAD_REQUEST,
-                "invalid_json",
-                format!("the body is not JSON: {e}"),
-            ))
-        }
-    };
+    let fields = json_object(&bytes)?;
     let media = &app.media;
     let request_id = Uuid::now_v7();
     let now = chrono::Utc::now().timestamp_millis();

@@ -149,6 +149,13 @@ impl std::fmt::Display for TraceParent {
     }
 }
 
+/// A deterministic CloudEvents id for the result of one step of a request: the same request,
+/// topic (the unprefixed name) and step always give the same id, so a step repeated after a crash
+/// is recognised downstream. `UUIDv5(request, "<topic>#<step>")`.
+pub fn derived_event_id(request: Uuid, topic: &str, step: u32) -> Uuid {
+    Uuid::new_v5(&request, format!("{topic}#{step}").as_bytes())
+}
+
 #[cfg(test)]
 mod tests {
     use rdkafka::message::Headers;

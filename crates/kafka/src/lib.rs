@@ -9,6 +9,7 @@ pub mod dead_letter;
 pub mod headers;
 pub mod producer;
 pub mod retry;
+pub mod worker;
 
 pub use config::KafkaConfig;
 pub use dead_letter::{DeadLetter, Origin};

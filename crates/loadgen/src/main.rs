@@ -2,11 +2,13 @@
 //! (single events or batches, closed-loop or at a fixed rate) and prints accepted events/s and
 //! latency percentiles; `raw` produces the same Avro payload straight to the broker with the
 //! same producer settings, giving the ceiling; `writer` measures the notification-writer's
-//! rows/s on a backlog; `rules` and `dispatch` time the rule-evaluator and the dispatcher.
+//! rows/s on a backlog; `rules` and `dispatch` time the rule-evaluator and the dispatcher;
+//! `media` runs upload sagas end to end.
 //! Only loopback targets; every run is bounded in time or count.
 
 mod dispatch;
 mod http;
+mod media;
 mod raw;
 mod rules;
 mod writer;
@@ -35,6 +37,8 @@ enum Command {
     Rules(rules::Args),
     /// Fill a requests topic with N signed webhooks and time a dispatcher process delivering them.
     Dispatch(dispatch::Args),
+    /// Run upload sagas through the gateway, media-saga and the notification-writer.
+    Media(media::Args),
 }
 
 #[tokio::main]
@@ -45,6 +49,7 @@ async fn main() -> anyhow::Result<()> {
         Command::Writer(args) => writer::run(args).await,
         Command::Rules(args) => rules::run(args).await,
         Command::Dispatch(args) => dispatch::run(args).await,
+        Command::Media(args) => media::run(args).await,
     }
 }
 

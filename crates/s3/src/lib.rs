@@ -94,3 +94,29 @@ where
         }
     }
 }
+
+/// What a HEAD request says about an object.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ObjectHead {
+    pub size: i64,
+    pub content_type: Option<String>,
+}
+
+/// HEADs `bucket/key`: `None` when there is no such object.
+pub async fn head(client: &Client, bucket: &str, key: &str) -> Result<Option<ObjectHead>, String> {
+    match client.head_object().bucket(bucket).key(key).send().await {
+        Ok(out) => Ok(Some(ObjectHead {
+            size: out.content_length().unwrap_or(0),
+            content_type: out.content_type().map(str::to_string),
+        })),
+        Err(e) => {
+            let not_found = e.as_service_error().is_some_and(|s| s.is_not_found())
+                || e.raw_response().is_some_and(|r| r.status().as_u16() == 404);
+            if not_found {
+                Ok(None)
+            } else {
+                Err(error_message(&e))
+            }
+        }
+    }
+}

@@ -1,0 +1,181 @@
+//! Durable deadlines: the TTL of an upload URL (expire, refund, remove the partial upload) and
+//! the move timeout (retry the move, or dead-letter the upload when retries are spent). They
+//! live in `media_deadlines`, so a deadline that fell due while the service was down fires when
+//! it starts. Each one is handled in one transaction that locks the deadline (other instances
+//! skip it) and the saga, produces its results, and only then marks it fired: a crash before the
+//! commit undoes the database changes and the deadline fires again with the same event ids.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::json;
+use substrate_kafka::TraceParent;
+use uuid::Uuid;
+
+use crate::emit::Topic;
+use crate::metrics::{DEADLINES_FIRED, FINISHED};
+use crate::saga::{db, lock_saga, state, Engine, StepError};
+
+/// Looks for due deadlines every `poll` until shutdown.
+pub async fn run(engine: Arc<Engine>, poll: Duration) {
+    loop {
+        match due(&engine).await {
+            Ok(deadlines) => {
+                let full = deadlines.len() >= BATCH as usize;
+                for (request, kind) in deadlines {
+                    if engine.shutdown.is_cancelled() {
+                        return;
+                    }
+                    if let Err(error) = fire(&engine, request, &kind).await {
+                        tracing::warn!(%request, %kind, %error, "handling a deadline failed; it stays due");
+                    }
+                }
+                if full {
+                    continue;
+                }
+            }
+            Err(error) => tracing::warn!(%error, "reading due deadlines failed"),
+        }
+        tokio::select! {
+            _ = engine.shutdown.cancelled() => return,
+            _ = tokio::time::sleep(poll) => {}
+        }
+    }
+}
+
+const BATCH: i64 = 256;
+
+async fn due(engine: &Engine) -> Result<Vec<(Uuid, String)>, StepError> {
+    let client = engine.pool.get().await.map_err(db)?;
+    let rows = client
+        .query(
+            "SELECT request_id, kind FROM public.media_deadlines
+             WHERE scope = $2 AND fired_at IS NULL AND due_at <= now()
+             ORDER BY due_at LIMIT $1",
+            &[&BATCH, &engine.config.topic_prefix],
+        )
+        .await
+        .map_err(db)?;
+    Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+}
+
+async fn fire(engine: &Engine, request: Uuid, kind: &str) -> Result<(), StepError> {
+    let mut client = engine.pool.get().await.map_err(db)?;
+    let tx = client.transaction().await.map_err(db)?;
+    let locked = tx
+        .query_opt(
+            "SELECT 1 FROM public.media_deadlines
+             WHERE request_id = $1 AND kind = $2 AND fired_at IS NULL AND due_at <= now()
+             FOR UPDATE SKIP LOCKED",
+            &[&request, &kind],
+        )
+        .await
+        .map_err(db)?;
+    if locked.is_none() {
+        return Ok(());
+    }
+    let saga = lock_saga(&tx, request).await?;
+    let trace = TraceParent::new_root();
+    let mut remove_upload = None;
+    let effect = match (kind, saga) {
+        ("upload_ttl", Some(saga)) if saga.state == state::SIGNED => {
+            substrate_db::media::refund(&*tx, request)
+                .await
+                .map_err(db)?;
+            tx.execute(
+                "UPDATE public.media_sagas SET state = 'expired', finished_at = now(),
+                     reason = 'the upload URL expired before the file arrived', updated_at = now()
+                 WHERE request_id = $1",
+                &[&request],
+            )
+            .await
+            .map_err(db)?;
+            let record = json!({"request_id": request, "user_id": saga.user_id,
+                "file_path": saga.upload_path,
+                "expired_at": saga.expires_at.map(|t| t.timestamp_millis())
+                    .unwrap_or_else(|| chrono::Utc::now().timestamp_millis())});
+            engine
+                .emitter
+                .emit(Topic::Expired, request, 0, &record, &trace)
+                .await?;
+            metrics::counter!(FINISHED, "state" => state::EXPIRED).increment(1);
+            remove_upload = saga.upload_path.clone();
+            "expired"
+        }
+        ("move_timeout", Some(saga)) if saga.state == state::RECEIVED => {
+            if saga.retry_count < engine.config.max_move_retries {
+                let next = saga.retry_count + 1;
+                let timeout = engine.config.move_timeout().as_secs_f64();
+                tx.execute(
+                    "UPDATE public.media_sagas SET retry_count = $2, updated_at = now()
+                     WHERE request_id = $1",
+                    &[&request, &next],
+                )
+                .await
+                .map_err(db)?;
+                tx.execute(
+                    "UPDATE public.media_deadlines SET due_at = now() + $3 * interval '1 second'
+                     WHERE request_id = $1 AND kind = $2",
+                    &[&request, &kind, &timeout],
+                )
+                .await
+                .map_err(db)?;
+                let record = json!({"request_id": request, "user_id": saga.user_id,
+                    "file_path": saga.upload_path, "permanent_path": saga.permanent_path,
+                    "retry_count": next});
+                engine
+                    .emitter
+                    .emit(Topic::UploadRetry, request, next as u32, &record, &trace)
+                    .await?;
+                tx.commit().await.map_err(db)?;
+                tracing::info!(%request, retry = next, "move timed out; retrying");
+                metrics::counter!(DEADLINES_FIRED, "kind" => "move_timeout", "effect" => "retry")
+                    .increment(1);
+                return Ok(());
+            }
+            let reason = format!(
+                "the file could not be moved to permanent storage after {} retries",
+                saga.retry_count
+            );
+            substrate_db::media::refund(&*tx, request)
+                .await
+                .map_err(db)?;
+            tx.execute(
+                "UPDATE public.media_sagas SET state = 'failed', reason = $2, finished_at = now(),
+                     updated_at = now()
+                 WHERE request_id = $1",
+                &[&request, &reason],
+            )
+            .await
+            .map_err(db)?;
+            let record = json!({"request_id": request, "user_id": saga.user_id,
+                "file_path": saga.upload_path, "reason": reason,
+                "retry_count": saga.retry_count});
+            engine
+                .emitter
+                .emit(Topic::UploadDeadLetter, request, 0, &record, &trace)
+                .await?;
+            metrics::counter!(FINISHED, "state" => state::FAILED).increment(1);
+            tracing::warn!(%request, "upload dead-lettered: {reason}");
+            "dead_letter"
+        }
+        // The saga moved on (the upload arrived, the move completed): nothing to do.
+        _ => "stale",
+    };
+    tx.execute(
+        "UPDATE public.media_deadlines SET fired_at = now() WHERE request_id = $1 AND kind = $2",
+        &[&request, &kind],
+    )
+    .await
+    .map_err(db)?;
+    tx.commit().await.map_err(db)?;
+    drop(client);
+    metrics::counter!(DEADLINES_FIRED, "kind" => kind.to_string(), "effect" => effect).increment(1);
+    if let Some(path) = remove_upload {
+        // Best effort: a partial or late upload; the bucket's lifecycle rule is the backstop.
+        if let Err(error) = engine.storage.delete(&path).await {
+            tracing::info!(%path, %error, "removing an expired upload failed");
+        }
+    }
+    Ok(())
+}

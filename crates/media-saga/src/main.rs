@@ -1,0 +1,13 @@
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    substrate_runtime::run_service(
+        "media-saga",
+        media_saga::Config::load(),
+        |c| &c.telemetry,
+        media_saga::run,
+    )
+    .await
+}

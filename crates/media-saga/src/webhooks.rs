@@ -1,0 +1,198 @@
+//! S3 event notifications: `POST /webhooks/media-upload` (objects created under the upload
+//! prefix → `internal.media.upload.received`) and `POST /webhooks/file-ready` (objects created
+//! under the files prefix → `internal.media.file.ready`). The body is the S3/MinIO event format
+//! (`{"Records": [{"eventName", "s3": {"bucket": {"name"}, "object": {"key", "size"}}}]}`, keys
+//! URL-encoded); the caller authenticates with `Authorization: Bearer <webhook_secret>` (MinIO's
+//! webhook `auth_token`). Records about other buckets, prefixes or unknown uploads are ignored
+//! and listed in the answer; a failure of the database, the registry or the broker answers 503
+//! so the sender retries.
+
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde_json::{json, Value};
+use subtle::ConstantTimeEq;
+
+use crate::saga::{state, Engine};
+use crate::storage::parse_key;
+
+fn error(status: StatusCode, code: &str, message: impl Into<String>) -> Response {
+    (
+        status,
+        Json(json!({"error": code, "message": message.into()})),
+    )
+        .into_response()
+}
+
+pub async fn media_upload(
+    State(engine): State<Arc<Engine>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    notification(&engine, &headers, &body).await
+}
+
+pub async fn file_ready(
+    State(engine): State<Arc<Engine>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    notification(&engine, &headers, &body).await
+}
+
+async fn notification(engine: &Engine, headers: &HeaderMap, body: &[u8]) -> Response {
+    let Some(secret) = engine.config.webhook_secret.as_deref() else {
+        return error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "webhooks_disabled",
+            "media_saga.webhook_secret is not set",
+        );
+    };
+    let given = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or_default();
+    if !bool::from(given.as_bytes().ct_eq(secret.as_bytes())) {
+        return error(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "missing or wrong `Authorization: Bearer` token",
+        );
+    }
+    let event: Value = match serde_json::from_slice(body) {
+        Ok(v) => v,
+        Err(e) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "invalid_json",
+                format!("the body is not JSON: {e}"),
+            )
+        }
+    };
+    let Some(records) = event.get("Records").and_then(Value::as_array) else {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "invalid_body",
+            "expected an S3 event notification with a `Records` array",
+        );
+    };
+    let mut accepted = 0;
+    let mut ignored = Vec::new();
+    for (index, record) in records.iter().enumerate() {
+        let event_name = record
+            .get("eventName")
+            .and_then(Value::as_str)
+            .unwrap_or_default();
+        let s3 = record.get("s3");
+        let bucket = s3
+            .and_then(|s| s.pointer("/bucket/name"))
+            .and_then(Value::as_str);
+        let key = s3
+            .and_then(|s| s.pointer("/object/key"))
+            .and_then(Value::as_str)
+            .map(decode_key);
+        let (Some(bucket), Some(key)) = (bucket, key) else {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "invalid_body",
+                format!("Records[{index}] has no s3.bucket.name or s3.object.key"),
+            );
+        };
+        let mut skip = |reason: &str| ignored.push(json!({"key": key, "reason": reason}));
+        if !event_name.contains("ObjectCreated") {
+            skip("not an object-created event");
+            continue;
+        }
+        if bucket != engine.storage.bucket {
+            skip("another bucket");
+            continue;
+        }
+        match arrival(engine, &key).await {
+            Ok(Ok(())) => accepted += 1,
+            Ok(Err(reason)) => skip(&reason),
+            Err(e) => {
+                tracing::warn!(error = %e, %key, "handling an S3 event failed");
+                return error(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "unavailable",
+                    format!("the event could not be recorded: {e}"),
+                );
+            }
+        }
+    }
+    Json(json!({"accepted": accepted, "ignored": ignored})).into_response()
+}
+
+/// Reports one created object; `Ok(Err(reason))` when it is not one the saga waits for.
+async fn arrival(engine: &Engine, key: &str) -> Result<Result<(), String>, String> {
+    let storage = &engine.storage;
+    let (upload, parsed) = match parse_key(&storage.upload_prefix, key) {
+        Some(ids) => (true, ids),
+        None => match parse_key(&storage.files_prefix, key) {
+            Some(ids) => (false, ids),
+            None => return Ok(Err("not under the upload or files prefix".into())),
+        },
+    };
+    let (user, request) = parsed;
+    let saga = {
+        let client = engine.pool.get().await.map_err(|e| e.to_string())?;
+        substrate_db::media::saga(&**client, request)
+            .await
+            .map_err(|e| e.to_string())?
+    };
+    let Some(saga) = saga.filter(|s| s.user_id == user) else {
+        return Ok(Err("no upload of this user has this request id".into()));
+    };
+    let expected = if upload {
+        &saga.upload_path
+    } else {
+        &saga.permanent_path
+    };
+    if expected.as_deref() != Some(key) {
+        return Ok(Err("the key is not the one signed for this request".into()));
+    }
+    let Some(head) = storage.head(key).await? else {
+        return Ok(Err("no such object (deleted since?)".into()));
+    };
+    if upload {
+        if saga.state != state::SIGNED {
+            return Ok(Err(format!("the upload is already {}", saga.state)));
+        }
+        if let Err(reason) = saga.check_upload(head.size, head.content_type.as_deref()) {
+            return Ok(Err(reason));
+        }
+        engine
+            .report_arrival(&saga, head.size, &saga.media_type, "s3-event")
+            .await?;
+    } else {
+        engine.report_ready(&saga, head.size).await?;
+    }
+    Ok(Ok(()))
+}
+
+/// S3 event keys are URL-encoded with `+` for spaces.
+fn decode_key(key: &str) -> String {
+    let spaced = key.replace('+', " ");
+    percent_encoding::percent_decode_str(&spaced)
+        .decode_utf8_lossy()
+        .into_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_are_decoded() {
+        assert_eq!(
+            decode_key("uploads%2Fa%2Fmy+cat%2B1.png"),
+            "uploads/a/my cat+1.png"
+        );
+        assert_eq!(decode_key("uploads/a/b.png"), "uploads/a/b.png");
+    }
+}

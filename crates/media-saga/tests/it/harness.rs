@@ -1,0 +1,379 @@
+//! One test's media saga: its own topics (a unique prefix), consumer group and settings, the
+//! stack's Kafka, registry, Postgres and S3 server, and a collector of everything the saga
+//! produces.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use media_saga::emit::{Topic, Topics};
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::util::Timeout;
+use rdkafka::{ClientConfig, Message};
+use serde_json::{json, Value};
+use substrate_avro::{avro_to_json, Catalog};
+use substrate_runtime::Shutdown;
+use substrate_testkit::{repo_root, unique, Stack};
+use uuid::Uuid;
+
+pub const SECRET: &str = "media-test-webhook-secret";
+
+pub struct Setup {
+    pub stack: Stack,
+    pub topics: Topics,
+    pub prefix: String,
+    pub group: String,
+    pub bucket: String,
+    pub ttl_secs: u64,
+    pub move_timeout_ms: u64,
+    pub max_move_retries: i32,
+    pub starting_credits: i32,
+    /// The endpoint the saga's S3 client uses (a cuttable proxy in fault tests).
+    pub s3_endpoint: String,
+    catalog: Catalog,
+}
+
+impl Setup {
+    pub async fn new() -> Self {
+        static LOGS: std::sync::Once = std::sync::Once::new();
+        LOGS.call_once(|| {
+            substrate_runtime::telemetry::init(&substrate_runtime::telemetry::TelemetryConfig {
+                log_format: "plain".into(),
+                log_filter: std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()),
+            });
+        });
+        let stack = Stack::load();
+        let id = unique("m");
+        let prefix = format!("test.{id}.");
+        let catalog = Catalog::load(&repo_root().join("avro")).unwrap();
+        let topics = Topics::new(prefix.clone());
+        for topic in Topic::ALL {
+            let name = topics.name(topic);
+            stack.create_topic(&name, 3).await;
+            let schema = catalog.get(topic.name()).unwrap();
+            stack
+                .registry()
+                .register(&name, &schema.text)
+                .await
+                .expect("register schema");
+        }
+        stack
+            .create_topic(&format!("{prefix}{}", media_saga::DEAD_LETTER_TOPIC), 1)
+            .await;
+        Self {
+            s3_endpoint: stack.s3.endpoint.clone(),
+            bucket: std::env::var("S3_MEDIA_BUCKET").unwrap_or_else(|_| "media-uploads".into()),
+            stack,
+            topics,
+            prefix,
+            group: format!("test-media-saga-{id}"),
+            ttl_secs: 900,
+            move_timeout_ms: 30_000,
+            max_move_retries: 3,
+            starting_credits: 10,
+            catalog,
+        }
+    }
+
+    /// The configuration as YAML (also usable as a `SUBSTRATE_CONFIG` file for the binary).
+    pub fn yaml(&self, listen: &str) -> String {
+        let s3 = &self.stack.s3;
+        format!(
+            "media_saga:\n  listen: {listen}\n  group_id: {group}\n  topic_prefix: \"{prefix}\"\n  avro_dir: {avro}\n  bucket: {bucket}\n  public_s3_endpoint: {public}\n  starting_credits: {credits}\n  upload_url_ttl_secs: {ttl}\n  move_timeout_ms: {move_timeout}\n  max_move_retries: {retries}\n  deadline_poll_ms: 100\n  uploads_lifecycle_days: 0\n  webhook_secret: {secret}\n\
+             kafka:\n  bootstrap_servers: {kafka}\n  extra:\n    session.timeout.ms: \"6000\"\n\
+             schema_registry:\n  url: {registry}\n\
+             database:\n  url: {db}\n  pool_size: 8\n\
+             s3:\n  endpoint: {s3e}\n  region: {s3r}\n  access_key_id: {s3a}\n  secret_access_key: {s3s}\n",
+            group = self.group,
+            prefix = self.prefix,
+            avro = repo_root().join("avro").display(),
+            bucket = self.bucket,
+            public = s3.endpoint,
+            credits = self.starting_credits,
+            ttl = self.ttl_secs,
+            move_timeout = self.move_timeout_ms,
+            retries = self.max_move_retries,
+            secret = SECRET,
+            kafka = self.stack.bootstrap_servers,
+            registry = self.stack.registry_url,
+            db = self.stack.database_url,
+            s3e = self.s3_endpoint,
+            s3r = s3.region,
+            s3a = s3.access_key_id,
+            s3s = s3.secret_access_key,
+        )
+    }
+
+    /// Runs the saga in this process until the returned handle is stopped.
+    pub async fn start(&self) -> Running {
+        let config: media_saga::Config = substrate_runtime::config::load_config_from(
+            media_saga::config::DEFAULTS,
+            &self.yaml("127.0.0.1:0"),
+        )
+        .unwrap();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let shutdown = Shutdown::new();
+        let task = tokio::spawn(media_saga::serve(config, listener, shutdown.clone()));
+        Running {
+            shutdown,
+            task,
+            url: format!("http://{addr}"),
+        }
+    }
+
+    pub fn producer(&self) -> FutureProducer {
+        self.stack.kafka().producer_config().create().unwrap()
+    }
+
+    /// Produces a record to one of this test's topics (as the gateway would).
+    pub async fn produce(&self, producer: &FutureProducer, topic: Topic, record: &Value) {
+        let schema = self.catalog.get(topic.name()).unwrap();
+        let value = schema.to_avro(record).expect("record fits its schema");
+        let name = self.topics.name(topic);
+        let bytes = self.stack.registry().encode(&name, value).await.unwrap();
+        let key = record["request_id"].as_str().unwrap().to_string();
+        producer
+            .send(
+                FutureRecord::to(&name).payload(&bytes).key(&key),
+                Timeout::After(Duration::from_secs(10)),
+            )
+            .await
+            .map_err(|(e, _)| e)
+            .expect("produce");
+    }
+
+    /// An upload intent; returns its request id.
+    pub async fn intent(
+        &self,
+        producer: &FutureProducer,
+        user: Uuid,
+        file_name: &str,
+        size: usize,
+    ) -> Uuid {
+        let request = Uuid::now_v7();
+        self.intent_with_id(producer, request, user, file_name, size)
+            .await;
+        request
+    }
+
+    pub async fn intent_with_id(
+        &self,
+        producer: &FutureProducer,
+        request: Uuid,
+        user: Uuid,
+        file_name: &str,
+        size: usize,
+    ) {
+        let record = json!({"request_id": request, "user_id": user, "file_name": file_name,
+            "media_type": "image/png", "file_size": size,
+            "requested_at": chrono::Utc::now().timestamp_millis()});
+        self.produce(producer, Topic::UploadIntent, &record).await;
+    }
+
+    /// Starts collecting every record of the saga's output topics.
+    pub fn collect(&self) -> Collector {
+        let consumer: StreamConsumer = ClientConfig::new()
+            .set("bootstrap.servers", &self.stack.bootstrap_servers)
+            .set("group.id", format!("test-{}", Uuid::new_v4()))
+            .set("auto.offset.reset", "earliest")
+            .set("enable.auto.commit", "false")
+            .create()
+            .expect("consumer");
+        let names: Vec<String> = Topic::ALL.iter().map(|t| self.topics.name(*t)).collect();
+        let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+        consumer.subscribe(&refs).expect("subscribe");
+        let records = Arc::new(Mutex::new(Vec::new()));
+        let sink = records.clone();
+        let registry = self.stack.registry();
+        let topics = self.topics.clone();
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok(m) = consumer.recv().await else {
+                    continue;
+                };
+                let Some(topic) = topics.of(m.topic()) else {
+                    continue;
+                };
+                let Ok((value, _)) = registry.decode(m.payload().unwrap_or_default()).await else {
+                    continue;
+                };
+                let ce_id = m
+                    .headers()
+                    .and_then(|h| substrate_kafka::headers::header_str(h, "ce_id"))
+                    .unwrap_or_default()
+                    .to_string();
+                sink.lock()
+                    .unwrap()
+                    .push((topic, avro_to_json(&value), ce_id));
+            }
+        });
+        Collector { records, task }
+    }
+}
+
+pub struct Collector {
+    records: Arc<Mutex<Vec<(Topic, Value, String)>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Collector {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl Collector {
+    /// Records of `topic` for `request`.
+    pub fn of(&self, topic: Topic, request: Uuid) -> Vec<Value> {
+        let id = request.to_string();
+        self.records
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(t, v, _)| *t == topic && v["request_id"] == id.as_str())
+            .map(|(_, v, _)| v.clone())
+            .collect()
+    }
+
+    /// Every record of `topic`.
+    pub fn all(&self, topic: Topic) -> Vec<Value> {
+        self.records
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(t, _, _)| *t == topic)
+            .map(|(_, v, _)| v.clone())
+            .collect()
+    }
+
+    /// CloudEvents ids of `topic`'s records for `request`.
+    pub fn ids(&self, topic: Topic, request: Uuid) -> Vec<String> {
+        let id = request.to_string();
+        self.records
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(t, v, _)| *t == topic && v["request_id"] == id.as_str())
+            .map(|(_, _, ce)| ce.clone())
+            .collect()
+    }
+
+    /// Waits for the first record of `topic` for `request`.
+    pub async fn wait(&self, topic: Topic, request: Uuid, timeout: Duration) -> Value {
+        substrate_testkit::eventually(
+            timeout,
+            &format!("{} for {request}", topic.name()),
+            || async { self.of(topic, request).into_iter().next() },
+        )
+        .await
+        .unwrap()
+    }
+}
+
+pub struct Running {
+    pub shutdown: Shutdown,
+    pub task: tokio::task::JoinHandle<anyhow::Result<()>>,
+    /// Base URL of its webhooks.
+    pub url: String,
+}
+
+impl Running {
+    pub async fn stop(self) {
+        self.shutdown.cancel();
+        let _ = tokio::time::timeout(Duration::from_secs(20), self.task).await;
+    }
+}
+
+/// PUTs `bytes` to a presigned URL as a browser would.
+pub async fn put(url: &str, bytes: Vec<u8>, content_type: &str) -> reqwest::StatusCode {
+    reqwest::Client::new()
+        .put(url)
+        .header("content-type", content_type)
+        .body(bytes)
+        .send()
+        .await
+        .expect("PUT to the S3 server")
+        .status()
+}
+
+/// An S3 (MinIO) "object created" notification for `key` in `bucket`.
+pub fn s3_event(bucket: &str, key: &str, size: usize) -> Value {
+    let encoded: String = key
+        .split('/')
+        .map(url_encode)
+        .collect::<Vec<_>>()
+        .join("%2F");
+    json!({
+        "EventName": "s3:ObjectCreated:Put",
+        "Key": format!("{bucket}/{key}"),
+        "Records": [{
+            "eventVersion": "2.0",
+            "eventSource": "minio:s3",
+            "awsRegion": "",
+            "eventTime": chrono::Utc::now().to_rfc3339(),
+            "eventName": "s3:ObjectCreated:Put",
+            "s3": {
+                "s3SchemaVersion": "1.0",
+                "bucket": {"name": bucket, "arn": format!("arn:aws:s3:::{bucket}")},
+                "object": {"key": encoded, "size": size, "contentType": "image/png"}
+            }
+        }]
+    })
+}
+
+fn url_encode(text: &str) -> String {
+    let mut out = String::new();
+    for b in text.bytes() {
+        match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                out.push(b as char)
+            }
+            b' ' => out.push('+'),
+            _ => out.push_str(&format!("%{b:02X}")),
+        }
+    }
+    out
+}
+
+/// Posts an S3 event to the saga's webhook; the answer's status and body.
+pub async fn notify(base: &str, secret: &str, event: &Value) -> (u16, Value) {
+    let response = reqwest::Client::new()
+        .post(format!("{base}/webhooks/media-upload"))
+        .bearer_auth(secret)
+        .json(event)
+        .send()
+        .await
+        .expect("webhook reachable");
+    let status = response.status().as_u16();
+    (status, response.json().await.unwrap_or(Value::Null))
+}
+
+/// The saga row's state.
+pub async fn saga_state(db: &tokio_postgres::Client, request: Uuid) -> Option<String> {
+    db.query_opt(
+        "SELECT state FROM public.media_sagas WHERE request_id = $1",
+        &[&request],
+    )
+    .await
+    .unwrap()
+    .map(|r| r.get(0))
+}
+
+/// Ledger rows of a request by reason.
+pub async fn ledger_rows(db: &tokio_postgres::Client, request: Uuid, reason: &str) -> i64 {
+    db.query_one(
+        "SELECT count(*) FROM public.credit_ledger WHERE request_id = $1 AND reason = $2",
+        &[&request, &reason],
+    )
+    .await
+    .unwrap()
+    .get(0)
+}
+
+/// A PNG-ish payload of `size` bytes.
+pub fn bytes(size: usize, seed: u8) -> Vec<u8> {
+    (0..size)
+        .map(|i| (i as u8).wrapping_mul(31) ^ seed)
+        .collect()
+}
