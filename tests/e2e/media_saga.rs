@@ -244,6 +244,33 @@ async fn upload_download_and_delete_a_file() {
 }
 
 #[tokio::test]
+async fn abandoned_uploads_expire_by_the_buckets_lifecycle_rule() {
+    // media-saga puts the rule at start where the S3 server supports it (SeaweedFS does).
+    let stack = Stack::load();
+    let bucket = std::env::var("S3_MEDIA_BUCKET").unwrap_or_else(|_| "media-uploads".into());
+    let rules = stack
+        .s3
+        .client()
+        .get_bucket_lifecycle_configuration()
+        .bucket(&bucket)
+        .send()
+        .await
+        .expect("the media bucket has a lifecycle configuration");
+    let rule = rules
+        .rules()
+        .iter()
+        .find(|r| r.id() == Some("expire-abandoned-uploads"))
+        .expect("the uploads rule");
+    assert_eq!(rule.expiration().and_then(|e| e.days()), Some(1));
+    let prefix = rule
+        .filter()
+        .and_then(|f| f.prefix())
+        .or(rule.prefix())
+        .unwrap_or_default();
+    assert_eq!(prefix, "uploads/");
+}
+
+#[tokio::test]
 async fn without_credits_an_upload_is_rejected_and_nothing_is_signed() {
     let stack = Stack::load();
     let db = stack.db().await;

@@ -114,9 +114,14 @@ pub async fn serve(
         shutdown: shutdown.token(),
     });
 
+    let s3_check = engine.storage.clone();
     let readiness = Readiness::new()
         .with_check("postgres", substrate_db::pool::ready_check(&pool))
-        .with_check("kafka", producer.ready_check());
+        .with_check("kafka", producer.ready_check())
+        .with_check("s3", move || {
+            let storage = s3_check.clone();
+            async move { storage.check_bucket().await }
+        });
     let app = Router::new()
         .route("/webhooks/media-upload", post(webhooks::media_upload))
         .route("/webhooks/file-ready", post(webhooks::file_ready))

@@ -317,9 +317,6 @@ impl Engine {
         let approved = json!({"request_id": saga.request_id, "user_id": saga.user_id,
             "file_name": saga.file_name, "media_type": saga.media_type,
             "file_size": saga.file_size, "balance": balance});
-        self.emitter
-            .emit(Topic::UploadApproved, saga.request_id, 0, &approved, trace)
-            .await?;
         let expires_at = saga.expires_at.ok_or("an approved saga has no expiry")?;
         let upload_path = saga.upload_path.clone().unwrap_or_default();
         let ttl = self.config.upload_ttl();
@@ -336,9 +333,14 @@ impl Engine {
         let signed = json!({"request_id": saga.request_id, "user_id": saga.user_id,
             "file_path": upload_path, "upload_url": url, "media_type": saga.media_type,
             "file_size": saga.file_size, "expires_at": expires_at.timestamp_millis()});
-        self.emitter
-            .emit(Topic::UploadSigned, saga.request_id, 0, &signed, trace)
-            .await
+        // Both wait for their acknowledgement together.
+        let (a, s) = tokio::join!(
+            self.emitter
+                .emit(Topic::UploadApproved, saga.request_id, 0, &approved, trace),
+            self.emitter
+                .emit(Topic::UploadSigned, saga.request_id, 0, &signed, trace)
+        );
+        a.and(s)
     }
 
     // ---- move saga: arrival, asynchronous move, join, retries ----

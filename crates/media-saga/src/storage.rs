@@ -97,24 +97,44 @@ impl Storage {
         Ok(request.uri().to_string())
     }
 
+    /// Readiness: the bucket exists and the credentials work.
+    pub async fn check_bucket(&self) -> Result<(), String> {
+        self.client
+            .head_bucket()
+            .bucket(&self.bucket)
+            .send()
+            .await
+            .map(|_| ())
+            .map_err(|e| format!("bucket {}: {}", self.bucket, error_message(&e)))
+    }
+
     pub async fn head(&self, key: &str) -> Result<Option<ObjectHead>, String> {
         head(&self.client, &self.bucket, key).await
     }
 
-    /// Copies `from` to `to` (unless `to` already holds `size` bytes) and deletes `from`.
-    /// Returns the size of the permanent object. Repeating it after any failure is safe.
+    /// Copies `from` to `to` and deletes `from`; returns the size of the permanent object.
+    /// Repeating it after any failure is safe: when `from` is already gone, an earlier attempt
+    /// finished the copy if `to` holds `size` bytes.
     pub async fn move_object(&self, from: &str, to: &str, size: i64) -> Result<i64, String> {
-        let existing = self.head(to).await?;
-        if existing.as_ref().is_none_or(|h| h.size != size) {
-            let source = format!("{}/{}", self.bucket, encode_key(from));
-            self.client
-                .copy_object()
-                .bucket(&self.bucket)
-                .key(to)
-                .copy_source(source)
-                .send()
-                .await
-                .map_err(|e| format!("copying {from} to {to}: {}", error_message(&e)))?;
+        let source = format!("{}/{}", self.bucket, encode_key(from));
+        let copied = self
+            .client
+            .copy_object()
+            .bucket(&self.bucket)
+            .key(to)
+            .copy_source(source)
+            .send()
+            .await;
+        if let Err(e) = copied {
+            let message = error_message(&e);
+            let source_gone = e.raw_response().is_some_and(|r| r.status().as_u16() == 404);
+            if !source_gone {
+                return Err(format!("copying {from} to {to}: {message}"));
+            }
+            match self.head(to).await? {
+                Some(head) if head.size == size => return Ok(size),
+                _ => return Err(format!("copying {from} to {to}: {message}")),
+            }
         }
         self.delete(from).await?;
         Ok(size)

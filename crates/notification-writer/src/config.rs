@@ -100,7 +100,8 @@ pub struct WriterConfig {
     /// Address of `/healthz`, `/readyz` and `/metrics`.
     pub listen: String,
     pub group_id: String,
-    /// A batch is written when it holds this many rows…
+    /// A batch is written as soon as no further record is waiting, or when it holds this many
+    /// rows…
     pub batch_max_rows: usize,
     /// …or when its first record is this old.
     pub batch_max_ms: u64,

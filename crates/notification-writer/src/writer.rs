@@ -79,6 +79,12 @@ impl Writer {
                         deadline = None;
                     }
                 }
+                // Nothing more is waiting: write what was read now rather than at the deadline
+                // (under load records keep arriving and batches fill up to batch_max_rows).
+                _ = std::future::ready(()), if !rows.is_empty() => {
+                    self.flush(&mut rows, &mut offsets, &shutdown).await?;
+                    deadline = None;
+                }
             }
         }
         // Drain: what was read before shutdown is written (bounded), then its offsets stored.
