@@ -262,11 +262,7 @@ async fn abandoned_uploads_expire_by_the_buckets_lifecycle_rule() {
         .find(|r| r.id() == Some("expire-abandoned-uploads"))
         .expect("the uploads rule");
     assert_eq!(rule.expiration().and_then(|e| e.days()), Some(1));
-    let prefix = rule
-        .filter()
-        .and_then(|f| f.prefix())
-        .or(rule.prefix())
-        .unwrap_or_default();
+    let prefix = rule.filter().and_then(|f| f.prefix()).unwrap_or_default();
     assert_eq!(prefix, "uploads/");
 }
 
