@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The benchmark run recorded in docs/benchmarks.md, against the running local stack:
 #   1. idle RSS of each service
-#   2. the notification-writer draining a backlog of 100,000 events (loadgen writer)
+#   2. the notification-writer draining a backlog of 100,000 events (loadgen writer), then upload
+#      sagas end to end through gateway, media-saga, S3 and the writer (loadgen media)
 #   3. the raw producer ceiling (loadgen raw), then the gateway over HTTP with the same payload:
 #      batches, single events (closed loop), and a fixed 2,000 req/s for latency
 #   4. the dispatcher: signed webhooks delivered to a local receiver (loadgen dispatch)
@@ -23,7 +24,7 @@ L="$CARGO_TARGET_DIR/release/loadgen"
 
 echo "== $(date -u +%Y-%m-%dT%H:%MZ) on $(nproc) cores, $(uname -r)"
 echo "== idle RSS"
-for name in gateway notification-writer; do
+for name in gateway notification-writer rule-evaluator dispatcher media-saga; do
   pid=$(head -n1 ".local/run/$name.pid")
   echo "$name: $(( $(awk '/VmRSS/ {print $2}' "/proc/$pid/status") / 1024 )) MiB"
 done
@@ -42,6 +43,10 @@ SKIP_BUILD=1 bash scripts/stack/services.sh start >/dev/null 2>&1
 wait "$loadgen_pid"
 cat "$out"
 rm -f "$out"
+echo "== media sagas (intent → upload_ready → PUT → upload-complete → confirmed, through gateway, media-saga, S3 and the notification-writer; before the ingest runs leave a backlog)"
+"$L" media --uploads 1000 --concurrency 8
+"$L" media --uploads 1000 --concurrency 32
+
 kill -TERM "$(head -n1 .local/run/notification-writer.pid)"
 sleep 2
 echo "== ingest (notification-writer stopped)"
