@@ -77,6 +77,7 @@ async fn fire(engine: &Engine, request: Uuid, kind: &str) -> Result<(), StepErro
     let saga = lock_saga(&tx, request).await?;
     let trace = TraceParent::new_root();
     let mut remove_upload = None;
+    let mut finished = None;
     let effect = match (kind, saga) {
         ("upload_ttl", Some(saga)) if saga.state == state::SIGNED => {
             substrate_db::media::refund(&*tx, request)
@@ -98,7 +99,7 @@ async fn fire(engine: &Engine, request: Uuid, kind: &str) -> Result<(), StepErro
                 .emitter
                 .emit(Topic::Expired, request, 0, &record, &trace)
                 .await?;
-            metrics::counter!(FINISHED, "state" => state::EXPIRED).increment(1);
+            finished = Some(state::EXPIRED);
             remove_upload = saga.upload_path.clone();
             "expired"
         }
@@ -155,7 +156,7 @@ async fn fire(engine: &Engine, request: Uuid, kind: &str) -> Result<(), StepErro
                 .emitter
                 .emit(Topic::UploadDeadLetter, request, 0, &record, &trace)
                 .await?;
-            metrics::counter!(FINISHED, "state" => state::FAILED).increment(1);
+            finished = Some(state::FAILED);
             tracing::warn!(%request, "upload dead-lettered: {reason}");
             "dead_letter"
         }
@@ -171,6 +172,9 @@ async fn fire(engine: &Engine, request: Uuid, kind: &str) -> Result<(), StepErro
     tx.commit().await.map_err(db)?;
     drop(client);
     metrics::counter!(DEADLINES_FIRED, "kind" => kind.to_string(), "effect" => effect).increment(1);
+    if let Some(state) = finished {
+        metrics::counter!(FINISHED, "state" => state).increment(1);
+    }
     if let Some(path) = remove_upload {
         // Best effort: a partial or late upload; the bucket's lifecycle rule is the backstop.
         if let Err(error) = engine.storage.delete(&path).await {

@@ -277,14 +277,15 @@ impl Engine {
                     )
                     .await
                     .map_err(db)?;
-                } else {
-                    metrics::counter!(FINISHED, "state" => state::REJECTED).increment(1);
                 }
                 (saga, Some(debit.balance))
             }
         };
         tx.commit().await.map_err(db)?;
         drop(client);
+        if balance.is_some() && saga.state == state::REJECTED {
+            metrics::counter!(FINISHED, "state" => state::REJECTED).increment(1);
+        }
         self.announce_decision(&saga, balance, trace).await
     }
 
@@ -380,6 +381,7 @@ impl Engine {
                     // The permanent object was reported before the upload: the join is complete.
                     let confirmed = confirm(&tx, &saga).await?;
                     tx.commit().await.map_err(db)?;
+                    metrics::counter!(FINISHED, "state" => state::CONFIRMED).increment(1);
                     drop(client);
                     return self.announce_confirmed(&confirmed, trace).await;
                 }
@@ -477,6 +479,7 @@ impl Engine {
             state::RECEIVED => {
                 let confirmed = confirm(&tx, &saga).await?;
                 tx.commit().await.map_err(db)?;
+                metrics::counter!(FINISHED, "state" => state::CONFIRMED).increment(1);
                 drop(client);
                 self.announce_confirmed(&confirmed, trace).await
             }
@@ -712,6 +715,5 @@ async fn confirm(tx: &tokio_postgres::Transaction<'_>, saga: &Saga) -> Result<Sa
     )
     .await
     .map_err(db)?;
-    metrics::counter!(FINISHED, "state" => state::CONFIRMED).increment(1);
     Ok(Saga::from_row(&row))
 }
