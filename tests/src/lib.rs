@@ -285,6 +285,79 @@ pub async fn notification_rows(
     .context("query user_notifications")
 }
 
+/// Logs of in-process services at `RUST_LOG` (default `warn`), set up once per test binary.
+pub fn init_test_logs() {
+    static LOGS: std::sync::Once = std::sync::Once::new();
+    LOGS.call_once(|| {
+        substrate_runtime::telemetry::init(&substrate_runtime::telemetry::TelemetryConfig {
+            log_format: "plain".into(),
+            log_filter: std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()),
+        });
+    });
+}
+
+impl Stack {
+    /// The `kafka`, `schema_registry`, `database` and `s3` sections of a service configuration
+    /// pointing at this stack (a 6 s consumer session, so a killed member is replaced quickly);
+    /// the S3 client goes to `s3_endpoint` (the stack's, or a proxy in front of it).
+    pub fn connections_yaml(&self, s3_endpoint: &str) -> String {
+        let s3 = &self.s3;
+        format!(
+            "kafka:\n  bootstrap_servers: {kafka}\n  extra:\n    session.timeout.ms: \"6000\"\n\
+             schema_registry:\n  url: {registry}\n\
+             database:\n  url: {db}\n\
+             s3:\n  endpoint: {s3e}\n  region: {s3r}\n  access_key_id: {s3a}\n  secret_access_key: {s3s}\n",
+            kafka = self.bootstrap_servers,
+            registry = self.registry_url,
+            db = self.database_url,
+            s3e = s3_endpoint,
+            s3r = s3.region,
+            s3a = s3.access_key_id,
+            s3s = s3.secret_access_key,
+        )
+    }
+}
+
+/// A service's `serve(config, listener, shutdown)` running in this process on a loopback port.
+pub struct InProcess {
+    pub shutdown: substrate_runtime::Shutdown,
+    pub addr: std::net::SocketAddr,
+    task: tokio::task::JoinHandle<anyhow::Result<()>>,
+}
+
+impl InProcess {
+    pub async fn start<F, Fut>(serve: F) -> Self
+    where
+        F: FnOnce(tokio::net::TcpListener, substrate_runtime::Shutdown) -> Fut,
+        Fut: std::future::Future<Output = anyhow::Result<()>> + Send + 'static,
+    {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let shutdown = substrate_runtime::Shutdown::new();
+        let task = tokio::spawn(serve(listener, shutdown.clone()));
+        Self {
+            shutdown,
+            addr,
+            task,
+        }
+    }
+
+    /// `http://<addr>`.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Cancels it and waits for a clean exit.
+    pub async fn stop(self) {
+        self.shutdown.cancel();
+        tokio::time::timeout(Duration::from_secs(30), self.task)
+            .await
+            .expect("the service stopped within 30 s")
+            .expect("the service task")
+            .expect("the service exited cleanly");
+    }
+}
+
 /// A unique name for test topics and groups.
 pub fn unique(prefix: &str) -> String {
     format!("{prefix}.{}", Uuid::new_v4().simple())

@@ -8,7 +8,7 @@ use substrate_avro::RegistryConfig;
 use substrate_db::DbConfig;
 use substrate_kafka::retry::Schedule;
 use substrate_kafka::KafkaConfig;
-use substrate_runtime::config::{ConfigError, Validate};
+use substrate_runtime::config::{require_listen, require_positive, ConfigError, Validate};
 use substrate_runtime::telemetry::TelemetryConfig;
 use substrate_s3::S3Config;
 
@@ -125,15 +125,10 @@ impl DispatcherConfig {
 impl Validate for Config {
     fn validate(&self) -> Result<(), ConfigError> {
         let c = &self.dispatcher;
-        if c.listen.parse::<std::net::SocketAddr>().is_err() {
-            return Err(ConfigError::invalid(
-                "dispatcher.listen",
-                "must be host:port",
-            ));
-        }
+        require_listen("dispatcher.listen", &c.listen)?;
         c.schedule()
             .map_err(|m| ConfigError::invalid("dispatcher.retry.delays", m))?;
-        for (key, value) in [
+        require_positive(&[
             ("dispatcher.max_in_flight", c.max_in_flight as u64),
             ("dispatcher.endpoint_refresh_secs", c.endpoint_refresh_secs),
             ("dispatcher.http.timeout_ms", c.http.timeout_ms),
@@ -151,11 +146,7 @@ impl Validate for Config {
             ),
             ("dispatcher.archive.max_bytes", c.archive.max_bytes as u64),
             ("dispatcher.archive.max_wait_ms", c.archive.max_wait_ms),
-        ] {
-            if value == 0 {
-                return Err(ConfigError::invalid(key, "must be > 0"));
-            }
-        }
+        ])?;
         if let Some(s3) = &self.s3 {
             s3.check("s3")
                 .map_err(|(key, m)| ConfigError::invalid(key, m))?;

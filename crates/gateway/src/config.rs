@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use serde::Deserialize;
 use substrate_avro::RegistryConfig;
 use substrate_kafka::KafkaConfig;
-use substrate_runtime::config::{ConfigError, Validate};
+use substrate_runtime::config::{require_listen, ConfigError, Validate};
 use substrate_runtime::telemetry::TelemetryConfig;
 
 pub const DEFAULTS: &str = r#"
@@ -158,12 +158,7 @@ impl Validate for Config {
                 "list at least one MIME type",
             ));
         }
-        if self.gateway.listen.parse::<std::net::SocketAddr>().is_err() {
-            return Err(ConfigError::invalid(
-                "gateway.listen",
-                "must be host:port, e.g. 127.0.0.1:8080",
-            ));
-        }
+        require_listen("gateway.listen", &self.gateway.listen)?;
         if self.gateway.max_event_bytes == 0
             || self.gateway.max_event_bytes > self.gateway.max_batch_bytes
         {

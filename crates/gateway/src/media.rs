@@ -83,13 +83,18 @@ pub async fn delete_intent(
 }
 
 async fn handle(app: &App, intent: Intent, headers: &HeaderMap, body: Body) -> Response {
+    timed(intent.label(), accept(app, intent, headers, body)).await
+}
+
+/// Answers with `work`'s response or error, counted and timed under `route`.
+async fn timed(
+    route: &'static str,
+    work: impl std::future::Future<Output = Result<Response, ApiError>>,
+) -> Response {
     let started = Instant::now();
-    let response = accept(app, intent, headers, body)
-        .await
-        .unwrap_or_else(IntoResponse::into_response);
-    metrics::counter!(REQUESTS, "route" => intent.label(), "status" => response.status().as_u16().to_string()).increment(1);
-    metrics::histogram!(REQUEST_SECONDS, "route" => intent.label())
-        .record(started.elapsed().as_secs_f64());
+    let response = work.await.unwrap_or_else(IntoResponse::into_response);
+    metrics::counter!(REQUESTS, "route" => route, "status" => response.status().as_u16().to_string()).increment(1);
+    metrics::histogram!(REQUEST_SECONDS, "route" => route).record(started.elapsed().as_secs_f64());
     response
 }
 
@@ -166,14 +171,7 @@ pub async fn upload_complete(
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    let started = Instant::now();
-    let response = complete(&app, &headers, body)
-        .await
-        .unwrap_or_else(IntoResponse::into_response);
-    let label = "media.upload-complete";
-    metrics::counter!(REQUESTS, "route" => label, "status" => response.status().as_u16().to_string()).increment(1);
-    metrics::histogram!(REQUEST_SECONDS, "route" => label).record(started.elapsed().as_secs_f64());
-    response
+    timed("media.upload-complete", complete(&app, &headers, body)).await
 }
 
 async fn complete(app: &App, headers: &HeaderMap, body: Body) -> Result<Response, ApiError> {

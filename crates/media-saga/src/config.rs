@@ -7,7 +7,7 @@ use serde::Deserialize;
 use substrate_avro::RegistryConfig;
 use substrate_db::DbConfig;
 use substrate_kafka::KafkaConfig;
-use substrate_runtime::config::{ConfigError, Validate};
+use substrate_runtime::config::{require_listen, require_positive, ConfigError, Validate};
 use substrate_runtime::telemetry::TelemetryConfig;
 use substrate_s3::S3Config;
 
@@ -112,24 +112,15 @@ impl SagaConfig {
 impl Validate for Config {
     fn validate(&self) -> Result<(), ConfigError> {
         let c = &self.media_saga;
-        if c.listen.parse::<std::net::SocketAddr>().is_err() {
-            return Err(ConfigError::invalid(
-                "media_saga.listen",
-                "must be host:port",
-            ));
-        }
-        for (key, value) in [
+        require_listen("media_saga.listen", &c.listen)?;
+        require_positive(&[
             ("media_saga.upload_url_ttl_secs", c.upload_url_ttl_secs),
             ("media_saga.download_url_ttl_secs", c.download_url_ttl_secs),
             ("media_saga.move_timeout_ms", c.move_timeout_ms),
             ("media_saga.deadline_poll_ms", c.deadline_poll_ms),
             ("media_saga.max_in_flight", c.max_in_flight as u64),
             ("media_saga.move_concurrency", c.move_concurrency as u64),
-        ] {
-            if value == 0 {
-                return Err(ConfigError::invalid(key, "must be > 0"));
-            }
-        }
+        ])?;
         // SigV4 presigned URLs are valid for at most a week.
         for (key, value) in [
             ("media_saga.upload_url_ttl_secs", c.upload_url_ttl_secs),

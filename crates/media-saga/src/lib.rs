@@ -123,8 +123,8 @@ pub async fn serve(
             async move { storage.check_bucket().await }
         });
     let app = Router::new()
-        .route("/webhooks/media-upload", post(webhooks::media_upload))
-        .route("/webhooks/file-ready", post(webhooks::file_ready))
+        .route("/webhooks/media-upload", post(webhooks::s3_event))
+        .route("/webhooks/file-ready", post(webhooks::s3_event))
         .with_state(engine.clone())
         .merge(ops::router(readiness));
     let token = shutdown.token();

@@ -56,11 +56,6 @@ impl Storage {
         start: SystemTime,
         ttl: Duration,
     ) -> Result<String, String> {
-        let config = PresigningConfig::builder()
-            .start_time(start)
-            .expires_in(ttl)
-            .build()
-            .map_err(|e| e.to_string())?;
         let request = self
             .presigner
             .put_object()
@@ -68,7 +63,7 @@ impl Storage {
             .key(key)
             .content_type(content_type)
             .content_length(length)
-            .presigned(config)
+            .presigned(presigning(start, ttl)?)
             .await
             .map_err(|e| error_message(&e))?;
         Ok(request.uri().to_string())
@@ -81,17 +76,12 @@ impl Storage {
         start: SystemTime,
         ttl: Duration,
     ) -> Result<String, String> {
-        let config = PresigningConfig::builder()
-            .start_time(start)
-            .expires_in(ttl)
-            .build()
-            .map_err(|e| e.to_string())?;
         let request = self
             .presigner
             .get_object()
             .bucket(&self.bucket)
             .key(key)
-            .presigned(config)
+            .presigned(presigning(start, ttl)?)
             .await
             .map_err(|e| error_message(&e))?;
         Ok(request.uri().to_string())
@@ -183,6 +173,15 @@ impl Storage {
             .map_err(|e| error_message(&e))?;
         Ok(())
     }
+}
+
+/// Validity of a presigned URL: from `start` for `ttl`.
+fn presigning(start: SystemTime, ttl: Duration) -> Result<PresigningConfig, String> {
+    PresigningConfig::builder()
+        .start_time(start)
+        .expires_in(ttl)
+        .build()
+        .map_err(|e| e.to_string())
 }
 
 /// A key as `x-amz-copy-source` wants it: percent-encoded except `/`.

@@ -28,15 +28,9 @@ fn error(status: StatusCode, code: &str, message: impl Into<String>) -> Response
         .into_response()
 }
 
-pub async fn media_upload(
-    State(engine): State<Arc<Engine>>,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Response {
-    notification(&engine, &headers, &body).await
-}
-
-pub async fn file_ready(
+/// `POST /webhooks/media-upload` and `POST /webhooks/file-ready` (one handler: the key's prefix
+/// says which object it is).
+pub async fn s3_event(
     State(engine): State<Arc<Engine>>,
     headers: HeaderMap,
     body: Bytes,

@@ -8,7 +8,7 @@ use serde::Deserialize;
 use substrate_avro::RegistryConfig;
 use substrate_db::DbConfig;
 use substrate_kafka::KafkaConfig;
-use substrate_runtime::config::{ConfigError, Validate};
+use substrate_runtime::config::{require_listen, ConfigError, Validate};
 use substrate_runtime::telemetry::TelemetryConfig;
 
 use crate::mapping::Mapping;
@@ -113,12 +113,7 @@ pub struct WriterConfig {
 impl Validate for Config {
     fn validate(&self) -> Result<(), ConfigError> {
         let w = &self.notification_writer;
-        if w.listen.parse::<std::net::SocketAddr>().is_err() {
-            return Err(ConfigError::invalid(
-                "notification_writer.listen",
-                "must be host:port",
-            ));
-        }
+        require_listen("notification_writer.listen", &w.listen)?;
         if w.batch_max_rows == 0 {
             return Err(ConfigError::invalid(
                 "notification_writer.batch_max_rows",

@@ -6,7 +6,7 @@ use serde::Deserialize;
 use substrate_avro::RegistryConfig;
 use substrate_db::DbConfig;
 use substrate_kafka::KafkaConfig;
-use substrate_runtime::config::{ConfigError, Validate};
+use substrate_runtime::config::{require_listen, ConfigError, Validate};
 use substrate_runtime::telemetry::TelemetryConfig;
 
 pub const DEFAULTS: &str = r#"
@@ -63,12 +63,7 @@ pub struct EvaluatorConfig {
 impl Validate for Config {
     fn validate(&self) -> Result<(), ConfigError> {
         let c = &self.rule_evaluator;
-        if c.listen.parse::<std::net::SocketAddr>().is_err() {
-            return Err(ConfigError::invalid(
-                "rule_evaluator.listen",
-                "must be host:port",
-            ));
-        }
+        require_listen("rule_evaluator.listen", &c.listen)?;
         if c.topics.is_empty() {
             return Err(ConfigError::invalid(
                 "rule_evaluator.topics",

@@ -28,6 +28,22 @@ impl ConfigError {
     }
 }
 
+/// `value` must be a socket address (`host:port`).
+pub fn require_listen(key: &str, value: &str) -> Result<(), ConfigError> {
+    value
+        .parse::<std::net::SocketAddr>()
+        .map(|_| ())
+        .map_err(|_| ConfigError::invalid(key, "must be host:port, e.g. 127.0.0.1:8080"))
+}
+
+/// Every value must be above zero; the error names the first key that is not.
+pub fn require_positive(values: &[(&str, u64)]) -> Result<(), ConfigError> {
+    match values.iter().find(|(_, value)| *value == 0) {
+        Some((key, _)) => Err(ConfigError::invalid(*key, "must be > 0")),
+        None => Ok(()),
+    }
+}
+
 /// Checks that cannot be expressed by types alone; errors name the key.
 pub trait Validate {
     fn validate(&self) -> Result<(), ConfigError>;

@@ -13,8 +13,7 @@ use axum::response::{IntoResponse, Response};
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use serde_json::{json, Value};
-use substrate_runtime::Shutdown;
-use substrate_testkit::{repo_root, unique, Stack};
+use substrate_testkit::{init_test_logs, repo_root, unique, InProcess, Stack};
 use uuid::Uuid;
 
 /// One request a receiver got.
@@ -162,13 +161,7 @@ pub struct Setup {
 impl Setup {
     /// Creates the topics: requests (3 partitions), one per delay, and the dead letter.
     pub async fn new(delays: &[&'static str]) -> Self {
-        static LOGS: std::sync::Once = std::sync::Once::new();
-        LOGS.call_once(|| {
-            substrate_runtime::telemetry::init(&substrate_runtime::telemetry::TelemetryConfig {
-                log_format: "plain".into(),
-                log_filter: std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()),
-            });
-        });
+        init_test_logs();
         let stack = Stack::load();
         let id = unique("d");
         let setup = Self {
@@ -194,13 +187,8 @@ impl Setup {
 
     /// The configuration as YAML (also usable as a `SUBSTRATE_CONFIG` file for the binary).
     pub fn yaml(&self) -> String {
-        let s3 = &self.stack.s3;
         format!(
-            "dispatcher:\n  listen: 127.0.0.1:0\n  group_id: {group}\n  requests_topic: {requests}\n  dead_letter_topic: {dlq}\n  avro_dir: {avro}\n  endpoint_refresh_secs: 1\n  retry:\n    topic_prefix: {prefix}\n    delays: [{delays}]\n  http:\n    timeout_ms: {timeout}\n    connect_timeout_ms: 2000\n    per_endpoint_concurrency: 64\n    allow_private_targets: {private}\n  archive:\n    max_records: 1000\n    max_bytes: 4194304\n    max_wait_ms: 200\n\
-             kafka:\n  bootstrap_servers: {kafka}\n  extra:\n    session.timeout.ms: \"6000\"\n\
-             schema_registry:\n  url: {registry}\n\
-             database:\n  url: {db}\n\
-             s3:\n  endpoint: {s3e}\n  region: {s3r}\n  access_key_id: {s3a}\n  secret_access_key: {s3s}\n",
+            "dispatcher:\n  listen: 127.0.0.1:0\n  group_id: {group}\n  requests_topic: {requests}\n  dead_letter_topic: {dlq}\n  avro_dir: {avro}\n  endpoint_refresh_secs: 1\n  retry:\n    topic_prefix: {prefix}\n    delays: [{delays}]\n  http:\n    timeout_ms: {timeout}\n    connect_timeout_ms: 2000\n    per_endpoint_concurrency: 64\n    allow_private_targets: {private}\n  archive:\n    max_records: 1000\n    max_bytes: 4194304\n    max_wait_ms: 200\n{connections}",
             group = self.group,
             requests = self.requests_topic,
             dlq = self.dead_letter_topic,
@@ -209,13 +197,7 @@ impl Setup {
             delays = self.delays.join(", "),
             timeout = self.timeout_ms,
             private = self.allow_private,
-            kafka = self.stack.bootstrap_servers,
-            registry = self.stack.registry_url,
-            db = self.stack.database_url,
-            s3e = s3.endpoint,
-            s3r = s3.region,
-            s3a = s3.access_key_id,
-            s3s = s3.secret_access_key,
+            connections = self.stack.connections_yaml(&self.stack.s3.endpoint),
         )
     }
 
@@ -224,10 +206,7 @@ impl Setup {
         let config: dispatcher::Config =
             substrate_runtime::config::load_config_from(dispatcher::config::DEFAULTS, &self.yaml())
                 .unwrap();
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let shutdown = Shutdown::new();
-        let task = tokio::spawn(dispatcher::serve(config, listener, shutdown.clone()));
-        Running { shutdown, task }
+        InProcess::start(|listener, shutdown| dispatcher::serve(config, listener, shutdown)).await
     }
 
     pub fn producer(&self) -> FutureProducer {
@@ -317,17 +296,7 @@ pub fn purchase(segment: &str, amount: f64) -> Value {
     })
 }
 
-pub struct Running {
-    shutdown: Shutdown,
-    task: tokio::task::JoinHandle<anyhow::Result<()>>,
-}
-
-impl Running {
-    pub async fn stop(self) {
-        self.shutdown.cancel();
-        self.task.await.unwrap().unwrap();
-    }
-}
+pub type Running = InProcess;
 
 /// `dispatch_attempts` rows of a request: (attempt, outcome, status).
 pub async fn audit_rows(

@@ -12,8 +12,7 @@ use rdkafka::util::Timeout;
 use rdkafka::{ClientConfig, Message};
 use serde_json::{json, Value};
 use substrate_avro::{avro_to_json, Catalog};
-use substrate_runtime::Shutdown;
-use substrate_testkit::{repo_root, unique, Stack};
+use substrate_testkit::{init_test_logs, repo_root, unique, InProcess, Stack};
 use uuid::Uuid;
 
 pub const SECRET: &str = "media-test-webhook-secret";
@@ -35,13 +34,7 @@ pub struct Setup {
 
 impl Setup {
     pub async fn new() -> Self {
-        static LOGS: std::sync::Once = std::sync::Once::new();
-        LOGS.call_once(|| {
-            substrate_runtime::telemetry::init(&substrate_runtime::telemetry::TelemetryConfig {
-                log_format: "plain".into(),
-                log_filter: std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()),
-            });
-        });
+        init_test_logs();
         let stack = Stack::load();
         let id = unique("m");
         let prefix = format!("test.{id}.");
@@ -75,32 +68,22 @@ impl Setup {
         }
     }
 
-    /// The configuration as YAML (also usable as a `SUBSTRATE_CONFIG` file for the binary).
+    /// The configuration as YAML (also usable as a `SUBSTRATE_CONFIG` file for the binary); the
+    /// saga's S3 client goes to `s3_endpoint`, presigned URLs name the stack's S3 server.
     pub fn yaml(&self, listen: &str) -> String {
-        let s3 = &self.stack.s3;
         format!(
-            "media_saga:\n  listen: {listen}\n  group_id: {group}\n  topic_prefix: \"{prefix}\"\n  avro_dir: {avro}\n  bucket: {bucket}\n  public_s3_endpoint: {public}\n  starting_credits: {credits}\n  upload_url_ttl_secs: {ttl}\n  move_timeout_ms: {move_timeout}\n  max_move_retries: {retries}\n  deadline_poll_ms: 100\n  uploads_lifecycle_days: 0\n  webhook_secret: {secret}\n\
-             kafka:\n  bootstrap_servers: {kafka}\n  extra:\n    session.timeout.ms: \"6000\"\n\
-             schema_registry:\n  url: {registry}\n\
-             database:\n  url: {db}\n  pool_size: 8\n\
-             s3:\n  endpoint: {s3e}\n  region: {s3r}\n  access_key_id: {s3a}\n  secret_access_key: {s3s}\n",
+            "media_saga:\n  listen: {listen}\n  group_id: {group}\n  topic_prefix: \"{prefix}\"\n  avro_dir: {avro}\n  bucket: {bucket}\n  public_s3_endpoint: {public}\n  starting_credits: {credits}\n  upload_url_ttl_secs: {ttl}\n  move_timeout_ms: {move_timeout}\n  max_move_retries: {retries}\n  deadline_poll_ms: 100\n  uploads_lifecycle_days: 0\n  webhook_secret: {secret}\n{connections}",
             group = self.group,
             prefix = self.prefix,
             avro = repo_root().join("avro").display(),
             bucket = self.bucket,
-            public = s3.endpoint,
+            public = self.stack.s3.endpoint,
             credits = self.starting_credits,
             ttl = self.ttl_secs,
             move_timeout = self.move_timeout_ms,
             retries = self.max_move_retries,
             secret = SECRET,
-            kafka = self.stack.bootstrap_servers,
-            registry = self.stack.registry_url,
-            db = self.stack.database_url,
-            s3e = self.s3_endpoint,
-            s3r = s3.region,
-            s3a = s3.access_key_id,
-            s3s = s3.secret_access_key,
+            connections = self.stack.connections_yaml(&self.s3_endpoint),
         )
     }
 
@@ -111,15 +94,7 @@ impl Setup {
             &self.yaml("127.0.0.1:0"),
         )
         .unwrap();
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let shutdown = Shutdown::new();
-        let task = tokio::spawn(media_saga::serve(config, listener, shutdown.clone()));
-        Running {
-            shutdown,
-            task,
-            url: format!("http://{addr}"),
-        }
+        InProcess::start(|listener, shutdown| media_saga::serve(config, listener, shutdown)).await
     }
 
     pub fn producer(&self) -> FutureProducer {
@@ -224,38 +199,39 @@ impl Drop for Collector {
 }
 
 impl Collector {
-    /// Records of `topic` for `request`.
-    pub fn of(&self, topic: Topic, request: Uuid) -> Vec<Value> {
-        let id = request.to_string();
+    /// `(record, CloudEvents id)` of `topic`'s records, for `request` when given.
+    fn select(&self, topic: Topic, request: Option<Uuid>) -> Vec<(Value, String)> {
+        let id = request.map(|r| r.to_string());
         self.records
             .lock()
             .unwrap()
             .iter()
-            .filter(|(t, v, _)| *t == topic && v["request_id"] == id.as_str())
-            .map(|(_, v, _)| v.clone())
+            .filter(|(t, v, _)| *t == topic && id.as_deref().is_none_or(|id| v["request_id"] == id))
+            .map(|(_, v, ce)| (v.clone(), ce.clone()))
+            .collect()
+    }
+
+    /// Records of `topic` for `request`.
+    pub fn of(&self, topic: Topic, request: Uuid) -> Vec<Value> {
+        self.select(topic, Some(request))
+            .into_iter()
+            .map(|(v, _)| v)
             .collect()
     }
 
     /// Every record of `topic`.
     pub fn all(&self, topic: Topic) -> Vec<Value> {
-        self.records
-            .lock()
-            .unwrap()
-            .iter()
-            .filter(|(t, _, _)| *t == topic)
-            .map(|(_, v, _)| v.clone())
+        self.select(topic, None)
+            .into_iter()
+            .map(|(v, _)| v)
             .collect()
     }
 
     /// CloudEvents ids of `topic`'s records for `request`.
     pub fn ids(&self, topic: Topic, request: Uuid) -> Vec<String> {
-        let id = request.to_string();
-        self.records
-            .lock()
-            .unwrap()
-            .iter()
-            .filter(|(t, v, _)| *t == topic && v["request_id"] == id.as_str())
-            .map(|(_, _, ce)| ce.clone())
+        self.select(topic, Some(request))
+            .into_iter()
+            .map(|(_, ce)| ce)
             .collect()
     }
 
@@ -271,19 +247,7 @@ impl Collector {
     }
 }
 
-pub struct Running {
-    pub shutdown: Shutdown,
-    pub task: tokio::task::JoinHandle<anyhow::Result<()>>,
-    /// Base URL of its webhooks.
-    pub url: String,
-}
-
-impl Running {
-    pub async fn stop(self) {
-        self.shutdown.cancel();
-        let _ = tokio::time::timeout(Duration::from_secs(20), self.task).await;
-    }
-}
+pub type Running = InProcess;
 
 /// PUTs `bytes` to a presigned URL as a browser would.
 pub async fn put(url: &str, bytes: Vec<u8>, content_type: &str) -> reqwest::StatusCode {
@@ -347,6 +311,16 @@ pub async fn notify(base: &str, secret: &str, event: &Value) -> (u16, Value) {
         .expect("webhook reachable");
     let status = response.status().as_u16();
     (status, response.json().await.unwrap_or(Value::Null))
+}
+
+/// Posts an S3 event that must be answered 200 with `accepted` records taken.
+pub async fn notify_accepted(base: &str, event: &Value, accepted: i64) {
+    let (status, body) = notify(base, SECRET, event).await;
+    assert_eq!(
+        (status, body["accepted"].as_i64()),
+        (200, Some(accepted)),
+        "{body}"
+    );
 }
 
 /// The saga row's state.
