@@ -43,6 +43,7 @@ ready_url() {
 }
 
 build() {
+  bash "$ROOT/scripts/stack/prereqs.sh" build
   say "cargo build --release -p gateway -p notification-writer -p rule-evaluator -p dispatcher -p media-saga -p esctl (CARGO_TARGET_DIR=$CARGO_TARGET_DIR)"
   (cd "$ROOT" && cargo build --release -p gateway -p notification-writer -p rule-evaluator -p dispatcher -p media-saga -p esctl)
 }

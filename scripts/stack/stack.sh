@@ -8,6 +8,7 @@ S="$ROOT/scripts/stack"
 
 install() {
   ensure_dirs
+  bash "$S/prereqs.sh" build
   bash "$S/postgres.sh" install
   bash "$S/kafka.sh" install
   bash "$S/registry.sh" install
