@@ -36,7 +36,7 @@ impl TestGateway {
                 .expect("test gateway config");
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr: SocketAddr = listener.local_addr().unwrap();
-        let shutdown = Shutdown::new();
+        let shutdown = Shutdown::default();
         let handle = tokio::spawn(gateway::serve(config, listener, shutdown.clone()));
         // A gateway that could not start says why here rather than as a refused connection.
         tokio::task::yield_now().await;

@@ -4,6 +4,7 @@
 
 mod compose;
 mod dispatch;
+mod failure_model;
 mod flows;
 mod gateway_auth;
 mod harness;

@@ -36,7 +36,7 @@ async fn start_writer(
     let config: notification_writer::Config =
         substrate_runtime::config::load_config_from("{}", &yaml).expect("writer config");
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let shutdown = Shutdown::new();
+    let shutdown = Shutdown::default();
     let handle = tokio::spawn(notification_writer::serve(
         config,
         listener,

@@ -333,7 +333,7 @@ impl InProcess {
     {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let shutdown = substrate_runtime::Shutdown::new();
+        let shutdown = substrate_runtime::Shutdown::default();
         let task = tokio::spawn(serve(listener, shutdown.clone()));
         Self {
             shutdown,

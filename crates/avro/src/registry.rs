@@ -16,6 +16,7 @@ use schema_registry_converter::schema_registry_common::{
     SchemaType, SubjectNameStrategy, SuppliedSchema,
 };
 use serde::Deserialize;
+use substrate_runtime::failure::{Class, Classify};
 
 use crate::catalog::subject_for;
 
@@ -38,6 +39,18 @@ pub struct RegistryError {
     pub message: String,
     /// True when the registry may answer later (network, 5xx); false for bad data or schemas.
     pub retriable: bool,
+}
+
+/// Unreachable or failing registries (network, 5xx) are transient; bytes that are not wire
+/// format, unknown schema ids and records that do not fit are permanent.
+impl Classify for RegistryError {
+    fn class(&self) -> Class {
+        if self.retriable {
+            Class::Transient
+        } else {
+            Class::Permanent
+        }
+    }
 }
 
 impl From<SRCError> for RegistryError {

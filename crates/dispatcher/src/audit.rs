@@ -1,76 +1,91 @@
 //! The audit log: every attempt becomes a `dispatch_attempts` row. Rows are batched into one
 //! INSERT per round; the caller waits until its row is committed, so an offset is never stored
-//! for an attempt that is not logged. Postgres outages are retried without losing rows.
+//! for an attempt that is not logged. Postgres outages are retried without losing rows; a batch
+//! the table refuses is split so that only the refused row fails (its caller is told why) and
+//! the others are written.
 
-use std::time::Duration;
+use std::sync::Mutex;
 
 use substrate_db::dispatch::{insert_attempts, Attempt};
 use substrate_db::Pool;
+use substrate_runtime::failure::{write_splitting, Failure};
+use substrate_runtime::Shutdown;
 use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
 
 const BATCH_MAX: usize = 1000;
 
+type Waiter = oneshot::Sender<Result<(), Failure>>;
+
 #[derive(Clone)]
 pub struct AuditLog {
-    tx: mpsc::Sender<(Attempt, oneshot::Sender<()>)>,
+    tx: mpsc::Sender<(Attempt, Waiter)>,
 }
 
 impl AuditLog {
-    pub fn start(pool: Pool) -> Self {
+    /// Starts the writer as tracked work of `shutdown`; it ends when every `AuditLog` is gone.
+    pub fn start(pool: Pool, shutdown: &Shutdown) -> Self {
         let (tx, rx) = mpsc::channel(8192);
-        tokio::spawn(writer(pool, rx));
+        shutdown.spawn_work(writer(pool, rx));
         Self { tx }
     }
 
-    /// Logs `attempt`; resolves when the row is committed (false when the writer stopped).
-    pub async fn record(&self, attempt: Attempt) -> bool {
+    /// Logs `attempt`; resolves when the row is committed. A permanent failure means the table
+    /// refused this row; a transient one that the writer stopped before committing it.
+    pub async fn record(&self, attempt: Attempt) -> Result<(), Failure> {
         let (done, committed) = oneshot::channel();
         if self.tx.send((attempt, done)).await.is_err() {
-            return false;
+            return Err(Failure::transient("the audit writer stopped"));
         }
-        committed.await.is_ok()
+        committed
+            .await
+            .unwrap_or_else(|_| Err(Failure::transient("the audit writer stopped")))
     }
 }
 
-async fn writer(pool: Pool, mut rx: mpsc::Receiver<(Attempt, oneshot::Sender<()>)>) {
+async fn writer(pool: Pool, mut rx: mpsc::Receiver<(Attempt, Waiter)>) {
     let mut rows = Vec::with_capacity(BATCH_MAX);
-    let mut waiters = Vec::with_capacity(BATCH_MAX);
+    let mut waiters: Vec<Option<Waiter>> = Vec::with_capacity(BATCH_MAX);
+    // Outages are retried until the rows are written: the senders wait for them, and the
+    // channel closes only after every sender is gone.
+    let never = CancellationToken::new();
     while let Some((row, done)) = rx.recv().await {
         rows.push(row);
-        waiters.push(done);
+        waiters.push(Some(done));
         while rows.len() < BATCH_MAX {
             match rx.try_recv() {
                 Ok((row, done)) => {
                     rows.push(row);
-                    waiters.push(done);
+                    waiters.push(Some(done));
                 }
                 Err(_) => break,
             }
         }
-        let mut delay = Duration::from_millis(100);
-        loop {
-            let result = match pool.get().await {
-                Ok(client) => insert_attempts(&**client, &rows).await,
-                Err(e) => Err(e.into()),
-            };
-            match result {
-                Ok(_) => break,
-                Err(e) if e.is_transient() => {
-                    tracing::warn!(error = %e, rows = rows.len(), "audit insert failed; retrying");
-                    tokio::time::sleep(delay).await;
-                    delay = (delay * 2).min(Duration::from_secs(5));
+        let refused = Mutex::new(&mut waiters);
+        let _ = write_splitting(
+            rows.len(),
+            &never,
+            "dispatcher.audit",
+            |range| {
+                let (pool, rows) = (&pool, &rows);
+                async move {
+                    let client = pool.get().await?;
+                    insert_attempts(&**client, &rows[range]).await.map(|_| ())
                 }
-                Err(e) => {
-                    // A row the table refuses (a bug, not an outage): log it and move on rather
-                    // than stop every delivery.
-                    tracing::error!(error = %e, rows = rows.len(), "audit rows refused");
-                    break;
+            },
+            |index, error| {
+                let failure = Failure::of(&error).context("dispatch_attempts refused the row");
+                tracing::error!(request = %rows[index].request_id, error = %failure, "audit row refused");
+                if let Some(done) = refused.lock().expect("waiters lock")[index].take() {
+                    let _ = done.send(Err(failure));
                 }
-            }
-        }
+                async { true }
+            },
+        )
+        .await;
         rows.clear();
-        for done in waiters.drain(..) {
-            let _ = done.send(());
+        for done in waiters.drain(..).flatten() {
+            let _ = done.send(Ok(()));
         }
     }
 }

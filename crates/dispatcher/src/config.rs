@@ -6,10 +6,11 @@ use std::time::Duration;
 use serde::Deserialize;
 use substrate_avro::RegistryConfig;
 use substrate_db::DbConfig;
-use substrate_kafka::retry::Schedule;
+use substrate_kafka::delay_topics::Schedule;
 use substrate_kafka::KafkaConfig;
 use substrate_runtime::config::{require_listen, require_positive, ConfigError, Validate};
 use substrate_runtime::telemetry::TelemetryConfig;
+use substrate_runtime::{LifecycleConfig, ServiceConfig};
 use substrate_s3::S3Config;
 
 pub const DEFAULTS: &str = r#"
@@ -56,6 +57,18 @@ pub struct Config {
     pub s3: Option<S3Config>,
     #[serde(default)]
     pub telemetry: TelemetryConfig,
+    #[serde(default)]
+    pub lifecycle: LifecycleConfig,
+}
+
+impl ServiceConfig for Config {
+    fn telemetry(&self) -> &TelemetryConfig {
+        &self.telemetry
+    }
+
+    fn lifecycle(&self) -> &LifecycleConfig {
+        &self.lifecycle
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]

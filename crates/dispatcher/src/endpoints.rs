@@ -6,7 +6,7 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use substrate_db::{DbError, Pool};
-use tokio_util::sync::CancellationToken;
+use substrate_runtime::Shutdown;
 
 #[derive(Clone)]
 pub struct Endpoints {
@@ -45,12 +45,13 @@ impl Endpoints {
         Ok(())
     }
 
-    pub fn spawn_refresh(&self, every: Duration, shutdown: CancellationToken) {
+    pub fn spawn_refresh(&self, every: Duration, shutdown: &Shutdown) {
         let this = self.clone();
-        tokio::spawn(async move {
+        let token = shutdown.token();
+        shutdown.spawn("endpoint refresh", async move {
             loop {
                 tokio::select! {
-                    _ = shutdown.cancelled() => return,
+                    _ = token.cancelled() => return Ok(()),
                     _ = tokio::time::sleep(every) => {}
                 }
                 if let Err(e) = this.refresh().await {

@@ -20,8 +20,9 @@ use std::time::Duration;
 
 use anyhow::Context;
 use substrate_avro::{Catalog, Registry};
-use substrate_kafka::retry::Retrier;
+use substrate_kafka::delay_topics::Retrier;
 use substrate_kafka::{DeadLetter, Producer};
+use substrate_runtime::failure::{retry_transient, Stopped};
 use substrate_runtime::ops::{self, Readiness};
 use substrate_runtime::Shutdown;
 use tokio::net::TcpListener;
@@ -56,21 +57,17 @@ pub async fn serve(
     let producer = Producer::new(&config.kafka).context("creating the producer")?;
 
     let endpoints = endpoints::Endpoints::new(pool.clone());
-    let Some(n) = substrate_runtime::retry::until_ok(
-        &shutdown.token(),
-        "loading disabled endpoints",
-        Duration::from_millis(200),
-        || endpoints.refresh(),
-    )
+    let n = match retry_transient(&shutdown.token(), "dispatcher.load_endpoints", || {
+        endpoints.refresh()
+    })
     .await
-    else {
-        return Ok(());
+    {
+        Ok(n) => n,
+        Err(Stopped::Cancelled) => return Ok(()),
+        Err(Stopped::Permanent(e)) => anyhow::bail!("loading disabled endpoints: {e}"),
     };
     tracing::info!(disabled = n, "endpoints loaded");
-    endpoints.spawn_refresh(
-        Duration::from_secs(c.endpoint_refresh_secs),
-        shutdown.token(),
-    );
+    endpoints.spawn_refresh(Duration::from_secs(c.endpoint_refresh_secs), &shutdown);
 
     let mut topics = vec![c.requests_topic.clone()];
     topics.extend(schedule.topics());
@@ -82,7 +79,7 @@ pub async fn serve(
     let readiness = Readiness::new()
         .with_check("postgres", substrate_db::pool::ready_check(&pool))
         .with_check("kafka", producer.ready_check());
-    let ops_server = ops::spawn(listener, readiness, shutdown.token());
+    ops::spawn(listener, readiness, &shutdown);
 
     let http = sinks::http::HttpSink::new(
         c.timeout(),
@@ -93,6 +90,7 @@ pub async fn serve(
     let archiver = sinks::archive::Archiver::start(
         config.s3.as_ref().map(|s3| s3.client()),
         c.archive.clone(),
+        &shutdown,
     );
     let dispatcher = service::Dispatcher {
         consumer: Arc::new(consumer),
@@ -105,7 +103,7 @@ pub async fn serve(
             catalog,
             notification_topic: c.notification_topic.clone(),
         },
-        audit: audit::AuditLog::start(pool.clone()),
+        audit: audit::AuditLog::start(pool.clone(), &shutdown),
         endpoints,
         retrier: Retrier::new(
             producer.clone(),
@@ -114,11 +112,9 @@ pub async fn serve(
         ),
         max_in_flight: c.max_in_flight,
     };
-    let drain = c.timeout() + Duration::from_secs(5);
-    let result = dispatcher.run(shutdown.token(), drain).await;
+    let result = dispatcher.run(shutdown.token(), shutdown.grace()).await;
     shutdown.cancel();
-    let _ = tokio::task::spawn_blocking(move || producer.flush(Duration::from_secs(10))).await;
-    let _ = ops_server.await;
-    tracing::info!("dispatcher stopped");
+    producer.close(shutdown.grace()).await;
+    shutdown.drain().await;
     result
 }

@@ -3,11 +3,5 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
-    substrate_runtime::run_service(
-        "dispatcher",
-        dispatcher::Config::load(),
-        |c| &c.telemetry,
-        dispatcher::run,
-    )
-    .await
+    substrate_runtime::run_service("dispatcher", dispatcher::Config::load(), dispatcher::run).await
 }

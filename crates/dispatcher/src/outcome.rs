@@ -1,7 +1,7 @@
 //! What a delivery attempt's result means: 2xx succeeds; 3xx fails (redirects are not
 //! followed); 408, 429, 5xx and transport errors are retried, 429 and 503 after `Retry-After`
 //! when given; 410 disables the endpoint; any other 4xx is permanent. Retries go through delay
-//! topics `internal.dispatch.retry.<delay>` (substrate_kafka::retry), then the dead letter.
+//! topics `internal.dispatch.retry.<delay>` (substrate_kafka::delay_topics), then the dead letter.
 
 use std::time::Duration;
 

@@ -4,7 +4,6 @@
 //! request still in flight, so a crash redelivers exactly what was not finished (receivers see
 //! duplicates only with the same `webhook-id`).
 
-use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -13,8 +12,10 @@ use rdkafka::message::{Message, OwnedMessage};
 use serde_json::json;
 use substrate_avro::{avro_to_json, Registry};
 use substrate_db::dispatch::Attempt;
-use substrate_kafka::retry::{DelayGate, Gate, Retrier, RetryState, Routed};
+use substrate_kafka::delay_gate::{DelayGate, Gate};
+use substrate_kafka::delay_topics::{Retrier, RetryState, Routed};
 use substrate_rules::actions::Action;
+use substrate_runtime::failure::{retry_transient, Classify, Stopped};
 use tokio_util::sync::CancellationToken;
 
 use crate::audit::AuditLog;
@@ -38,6 +39,15 @@ pub struct Dispatcher {
     pub endpoints: Endpoints,
     pub retrier: Retrier,
     pub max_in_flight: usize,
+}
+
+/// Whether an attempt's audit row was committed.
+enum Logged {
+    Yes,
+    /// The table refused the row (why).
+    Refused(String),
+    /// Shutdown came first.
+    Interrupted,
 }
 
 /// What one attempt did, for the audit log and the routing decision.
@@ -91,24 +101,19 @@ impl Dispatcher {
                 .give_up(message, state, "the record has no value", shutdown)
                 .await;
         };
-        let decoded = persist(shutdown, "decoding a request", || async {
-            match self.registry.decode(payload).await {
-                Ok((value, _)) => Ok(Ok(avro_to_json(&value))),
-                Err(e) if e.retriable => Err(e.to_string()),
-                Err(e) => Ok(Err(format!("undecodable: {}", e.message))),
-            }
+        let decoded = retry_transient(shutdown, "dispatcher.decode", || {
+            self.registry.decode(payload)
         })
         .await;
         let request = match decoded {
-            None => return false,
-            Some(Err(error)) => {
-                tracing::warn!(%error, "dead-lettering an undecodable request");
+            Err(Stopped::Cancelled) => return false,
+            Err(Stopped::Permanent(e)) => {
+                let error = format!("undecodable: {}", e.message);
                 return self.give_up(message, state, &error, shutdown).await;
             }
-            Some(Ok(json)) => match Request::from_json(&json) {
+            Ok((value, _)) => match Request::from_json(&avro_to_json(&value)) {
                 Ok(r) => r,
                 Err(error) => {
-                    tracing::warn!(%error, "dead-lettering a malformed request");
                     return self.give_up(message, state, &error, shutdown).await;
                 }
             },
@@ -129,10 +134,14 @@ impl Dispatcher {
                 started,
                 attempted_at,
             );
-            if !self.log(row, shutdown).await {
-                return false;
-            }
-            return self.give_up(message, state, &error, shutdown).await;
+            return match self.log(row, shutdown).await {
+                Logged::Yes => self.give_up(message, state, &error, shutdown).await,
+                Logged::Refused(refusal) => {
+                    let error = format!("{error}; {refusal}");
+                    self.give_up(message, state, &error, shutdown).await
+                }
+                Logged::Interrupted => false,
+            };
         }
 
         tracing::debug!(request = %request.request_id, sink, attempt = state.attempt(), "delivering");
@@ -165,27 +174,36 @@ impl Dispatcher {
             started,
             attempted_at,
         );
-        if !self.log(row, shutdown).await {
-            return false;
+        match self.log(row, shutdown).await {
+            Logged::Yes => {}
+            Logged::Interrupted => return false,
+            Logged::Refused(refusal) => {
+                // The attempt happened but cannot be audited: the request goes to the dead
+                // letter, naming both, so that it is seen (a replay repeats the attempt with
+                // the same idempotency key).
+                let error = format!("attempt outcome {outcome_label}; {refusal}");
+                return self.give_up(message, state, &error, shutdown).await;
+            }
         }
         match attempted.outcome {
             Outcome::Delivered => true,
             Outcome::Retry { after, reason } => {
-                let routed = persist(shutdown, "routing a retry", || async {
-                    self.retrier
-                        .retry(message, state, &reason, after)
-                        .await
-                        .map_err(|e| e.to_string())
+                let routed = retry_transient(shutdown, "dispatcher.route_retry", || {
+                    self.retrier.retry(message, state, &reason, after)
                 })
                 .await;
                 match routed {
-                    None => false,
-                    Some(Routed::DeadLetter) => {
+                    Err(Stopped::Cancelled) => false,
+                    Err(Stopped::Permanent(e)) => {
+                        let error = format!("{reason}; the retry topic refused the record: {e}");
+                        self.give_up(message, state, &error, shutdown).await
+                    }
+                    Ok(Routed::DeadLetter) => {
                         metrics::counter!(DEAD_LETTERED).increment(1);
                         tracing::warn!(request = %request.request_id, attempts = state.attempt(), %reason, "delivery failed for good");
                         true
                     }
-                    Some(Routed::Retry { topic, .. }) => {
+                    Ok(Routed::Retry { topic, .. }) => {
                         tracing::debug!(request = %request.request_id, %topic, %reason, "delivery will be retried");
                         true
                     }
@@ -194,15 +212,16 @@ impl Dispatcher {
             Outcome::Permanent { reason } => self.give_up(message, state, &reason, shutdown).await,
             Outcome::Disable { reason } => {
                 let url = request.http_url().unwrap_or_default().to_string();
-                let disabled = persist(shutdown, "disabling an endpoint", || async {
-                    self.endpoints
-                        .disable(&url, &reason)
-                        .await
-                        .map_err(|e| e.to_string())
+                let disabled = retry_transient(shutdown, "dispatcher.disable_endpoint", || {
+                    self.endpoints.disable(&url, &reason)
                 })
                 .await;
-                if disabled.is_none() {
-                    return false;
+                match disabled {
+                    Err(Stopped::Cancelled) => return false,
+                    Err(Stopped::Permanent(e)) => {
+                        tracing::error!(%url, error = %e, "recording a disabled endpoint failed")
+                    }
+                    Ok(()) => {}
                 }
                 tracing::warn!(%url, "endpoint disabled (410 Gone)");
                 self.give_up(message, state, &reason, shutdown).await
@@ -227,23 +246,28 @@ impl Dispatcher {
             rule_id: request.rule_id,
             rule_version: request.rule_version,
             sink: request.action.kind().to_string(),
-            target: request.target(),
+            target: storable(request.target()),
             attempt: state.attempt() as i32,
             outcome,
             http_status,
-            error: error.map(|e| e.chars().take(1000).collect()),
+            error: error.map(|e| storable(e.chars().take(1000).collect())),
             latency_ms: started.elapsed().as_millis().min(i32::MAX as u128) as i32,
             attempted_at,
         }
     }
 
-    async fn log(&self, row: Attempt, shutdown: &CancellationToken) -> bool {
+    async fn log(&self, row: Attempt, shutdown: &CancellationToken) -> Logged {
         tokio::select! {
-            logged = self.audit.record(row) => logged,
-            _ = shutdown.cancelled() => false,
+            logged = self.audit.record(row) => match logged {
+                Ok(()) => Logged::Yes,
+                Err(e) if e.is_transient() => Logged::Interrupted,
+                Err(e) => Logged::Refused(e.to_string()),
+            },
+            _ = shutdown.cancelled() => Logged::Interrupted,
         }
     }
 
+    /// Dead-letters the request (naming its first topic); false when shutdown interrupted it.
     async fn give_up(
         &self,
         message: &OwnedMessage,
@@ -251,17 +275,15 @@ impl Dispatcher {
         error: &str,
         shutdown: &CancellationToken,
     ) -> bool {
-        let sent = persist(shutdown, "dead-lettering", || async {
-            self.retrier
-                .give_up(message, state, error)
-                .await
-                .map_err(|e| e.to_string())
-        })
-        .await;
-        if sent.is_some() {
+        let parked = self
+            .retrier
+            .dead_letter()
+            .park(message, &state.origin, error, state.attempt(), shutdown)
+            .await;
+        if parked {
             metrics::counter!(DEAD_LETTERED).increment(1);
         }
-        sent.is_some()
+        parked
     }
 
     /// One attempt at the request's action.
@@ -377,11 +399,11 @@ impl Dispatcher {
     }
 }
 
-/// Retries an effect until it is durable (100 ms → 5 s backoff); `None` on shutdown.
-async fn persist<T, F, Fut>(shutdown: &CancellationToken, what: &str, effect: F) -> Option<T>
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Result<T, String>>,
-{
-    substrate_runtime::retry::until_ok(shutdown, what, Duration::from_millis(100), effect).await
+/// Text as Postgres can store it: a NUL (which a receiver's answer may contain) becomes U+FFFD.
+fn storable(text: String) -> String {
+    if text.contains('\0') {
+        text.replace('\0', "\u{FFFD}")
+    } else {
+        text
+    }
 }

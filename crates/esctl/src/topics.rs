@@ -14,10 +14,11 @@ use rdkafka::message::{Header, Headers, Message, OwnedHeaders, OwnedMessage};
 use rdkafka::{Offset, TopicPartitionList};
 use serde_json::{json, Value as Json};
 use substrate_avro::{avro_to_json, Registry, RegistryConfig};
-use substrate_kafka::dead_letter::{
-    DLQ_ATTEMPTS, DLQ_ERROR, DLQ_SERVICE, DLQ_SOURCE_OFFSET, DLQ_SOURCE_PARTITION, DLQ_SOURCE_TOPIC,
-};
 use substrate_kafka::headers::header_str;
+use substrate_kafka::origin::{
+    DLQ_ATTEMPTS, DLQ_ERROR, DLQ_HEADER_PREFIX, DLQ_SERVICE, DLQ_SOURCE_OFFSET,
+    DLQ_SOURCE_PARTITION, DLQ_SOURCE_TOPIC, RETRY_HEADER_PREFIX,
+};
 use substrate_kafka::{KafkaConfig, Producer};
 
 #[derive(Args, Clone)]
@@ -304,7 +305,9 @@ pub async fn dlq(command: DlqCommand) -> anyhow::Result<()> {
                 let mut headers = OwnedHeaders::new();
                 if let Some(original) = message.headers() {
                     for h in original.iter() {
-                        if h.key.starts_with("dlq_") || h.key.starts_with("retry_") {
+                        if h.key.starts_with(DLQ_HEADER_PREFIX)
+                            || h.key.starts_with(RETRY_HEADER_PREFIX)
+                        {
                             continue;
                         }
                         headers = headers.insert(Header {

@@ -8,6 +8,7 @@ use substrate_avro::RegistryConfig;
 use substrate_kafka::KafkaConfig;
 use substrate_runtime::config::{require_listen, ConfigError, Validate};
 use substrate_runtime::telemetry::TelemetryConfig;
+use substrate_runtime::{LifecycleConfig, ServiceConfig};
 
 pub const DEFAULTS: &str = r#"
 gateway:
@@ -19,7 +20,6 @@ gateway:
   max_batch_events: 500
   ce_source: /event-substrate/gateway
   retry_after_secs: 5
-  shutdown_grace_secs: 20
   routes_poll_secs: 5
 media:
   upload_intent_topic: internal.media.upload.intent
@@ -77,6 +77,18 @@ pub struct Config {
     pub s3: Option<substrate_s3::S3Config>,
     #[serde(default)]
     pub telemetry: TelemetryConfig,
+    #[serde(default)]
+    pub lifecycle: LifecycleConfig,
+}
+
+impl ServiceConfig for Config {
+    fn telemetry(&self) -> &TelemetryConfig {
+        &self.telemetry
+    }
+
+    fn lifecycle(&self) -> &LifecycleConfig {
+        &self.lifecycle
+    }
 }
 
 /// The media intent endpoints (`/api/v1/media/*-intent`).
@@ -109,8 +121,7 @@ pub struct GatewayConfig {
     pub max_batch_events: usize,
     pub ce_source: String,
     pub retry_after_secs: u64,
-    pub shutdown_grace_secs: u64,
-    /// Fallback re-read of routes.yaml in case a file-system event was missed.
+    /// Fallback re-read of routes.yaml in case a file-system event was missed; 0 turns it off.
     pub routes_poll_secs: u64,
 }
 

@@ -137,7 +137,15 @@ pub async fn read_limited(
 
 fn parse_object(bytes: &[u8]) -> Result<Map<String, Json_>, ApiError> {
     match serde_json::from_slice::<Json_>(bytes) {
-        Ok(Json_::Object(map)) => Ok(map),
+        Ok(Json_::Object(map)) => {
+            if let Some(field) = nul_field(&map, "") {
+                return Err(ApiError::invalid_field(
+                    field,
+                    "contains a NUL character (\\u0000), which text in the platform's stores cannot hold",
+                ));
+            }
+            Ok(map)
+        }
         Ok(_) => Err(ApiError::invalid_field(
             "",
             "the event must be a JSON object",
@@ -148,6 +156,34 @@ fn parse_object(bytes: &[u8]) -> Result<Map<String, Json_>, ApiError> {
             format!("the body is not valid JSON: {e}"),
         )),
     }
+}
+
+/// The path (`a.b[2]`) of the first key or string value holding a NUL character, which
+/// PostgreSQL's `text` and `jsonb` refuse: refused here rather than accepted and then lost.
+fn nul_field(map: &Map<String, Json_>, prefix: &str) -> Option<String> {
+    fn walk(value: &Json_, path: String) -> Option<String> {
+        match value {
+            Json_::String(s) if s.contains('\0') => Some(path),
+            Json_::Array(items) => items
+                .iter()
+                .enumerate()
+                .find_map(|(i, v)| walk(v, format!("{path}[{i}]"))),
+            Json_::Object(map) => nul_field(map, &path),
+            _ => None,
+        }
+    }
+    map.iter().find_map(|(key, value)| {
+        let path = if prefix.is_empty() {
+            key.clone()
+        } else {
+            format!("{prefix}.{key}")
+        };
+        if key.contains('\0') {
+            Some(path)
+        } else {
+            walk(value, path)
+        }
+    })
 }
 
 /// Adds the gateway's fields (event id and time, JWT enrichment) and checks `require` rules.
@@ -308,8 +344,14 @@ async fn batch(
     metrics::counter!(EVENTS_ACCEPTED, "route" => route.name.clone()).increment(accepted as u64);
     let rejected = results.len() - accepted;
     let body = json!({"accepted": accepted, "rejected": rejected, "results": results});
-    if accepted == 0 && unavailable > 0 {
-        let mut response = (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response();
+    let status = if accepted == 0 && unavailable > 0 {
+        StatusCode::SERVICE_UNAVAILABLE
+    } else {
+        StatusCode::OK
+    };
+    let mut response = (status, Json(body)).into_response();
+    if unavailable > 0 {
+        // Any item the broker could not take may be sent again: say when.
         response.headers_mut().insert(
             "retry-after",
             app.publisher
@@ -318,7 +360,35 @@ async fn batch(
                 .parse()
                 .expect("digits are a valid header"),
         );
-        return Ok(response);
     }
-    Ok((StatusCode::OK, Json(body)).into_response())
+    Ok(response)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nul_characters_are_found_with_their_path() {
+        let parse = |text: &str| match serde_json::from_str::<Json_>(text).unwrap() {
+            Json_::Object(map) => map,
+            _ => unreachable!(),
+        };
+        assert_eq!(nul_field(&parse(r#"{"a": "ok", "b": 1}"#), ""), None);
+        assert_eq!(
+            nul_field(&parse(r#"{"text": "x\u0000y"}"#), ""),
+            Some("text".into())
+        );
+        assert_eq!(
+            nul_field(&parse(r#"{"a": {"b": ["ok", "\u0000"]}}"#), ""),
+            Some("a.b[1]".into())
+        );
+        assert_eq!(
+            nul_field(&parse(r#"{"k\u0000": 1}"#), ""),
+            Some("k\u{0}".into())
+        );
+        let error = parse_object(br#"{"text": "x\u0000"}"#).unwrap_err();
+        assert_eq!(error.status, StatusCode::BAD_REQUEST);
+        assert_eq!(error.body.field.as_deref(), Some("text"));
+    }
 }

@@ -66,7 +66,7 @@ pub fn build(config: &Config, shutdown: &Shutdown) -> anyhow::Result<(Router, Pr
     );
     routes.clone().watch(
         Duration::from_secs(config.gateway.routes_poll_secs),
-        shutdown.token(),
+        shutdown,
     );
     let catalog = Catalog::load(&config.gateway.avro_dir).context("loading avro schemas")?;
     let registry = Registry::new(&config.schema_registry).context("schema registry settings")?;
@@ -163,11 +163,8 @@ pub async fn serve(
     .await
     .context("HTTP server")?;
     tracing::info!("HTTP server drained; flushing the producer");
-    let grace = Duration::from_secs(config.gateway.shutdown_grace_secs);
-    tokio::task::spawn_blocking(move || producer.flush(grace))
-        .await?
-        .context("flushing the producer")?;
-    tracing::info!("gateway stopped");
+    producer.close(shutdown.grace()).await;
+    shutdown.drain().await;
     Ok(())
 }
 

@@ -3,11 +3,5 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
-    substrate_runtime::run_service(
-        "gateway",
-        gateway::Config::load(),
-        |c| &c.telemetry,
-        gateway::run,
-    )
-    .await
+    substrate_runtime::run_service("gateway", gateway::Config::load(), gateway::run).await
 }

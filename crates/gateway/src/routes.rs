@@ -10,7 +10,7 @@ use std::time::Duration;
 use notify::{RecursiveMode, Watcher};
 use serde::Deserialize;
 use substrate_avro::{Catalog, TopicSchema};
-use tokio_util::sync::CancellationToken;
+use substrate_runtime::Shutdown;
 
 use crate::metrics::ROUTES_RELOADS;
 
@@ -103,18 +103,9 @@ impl RouteTable {
             .get(&spec.topic)
             .ok_or_else(|| bad(format!("topic `{}` has no schema under avro/", spec.topic)))?
             .clone();
-        let parts: Vec<&str> = spec.event_type.split('.').collect();
-        if parts.len() < 2
-            || parts.iter().any(|p| {
-                p.is_empty()
-                    || !p
-                        .chars()
-                        .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
-            })
-        {
-            return Err(bad(format!(
-                "event_type `{}` must be namespaced as domain.entity[.action] in lowercase",
-                spec.event_type
+        if !substrate_rules::names::is_event_type(&spec.event_type) {
+            return Err(bad(substrate_rules::names::event_type_rule(
+                &spec.event_type,
             )));
         }
         let field_exists = |field: &str, what: &str| {
@@ -228,8 +219,9 @@ impl RouteStore {
     }
 
     /// Watches the routes file's folder (so Kubernetes ConfigMap symlink swaps are seen) and
-    /// polls as a fallback; reloads until `shutdown`.
-    pub fn watch(self: Arc<Self>, poll: Duration, shutdown: CancellationToken) {
+    /// polls every `poll` as a fallback (never when `poll` is zero); reloads until shutdown.
+    pub fn watch(self: Arc<Self>, poll: Duration, lifecycle: &Shutdown) {
+        let shutdown = lifecycle.token();
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<()>();
         let dir = self
             .routes_file
@@ -250,13 +242,15 @@ impl RouteStore {
                 None
             }
         };
-        tokio::spawn(async move {
+        lifecycle.spawn("routes watcher", async move {
             let _watcher = watcher;
+            // A zero poll interval turns the fallback off: only file-system events reload.
             let mut ticker = tokio::time::interval(poll.max(Duration::from_millis(100)));
+            let polling = !poll.is_zero();
             loop {
                 tokio::select! {
                     _ = shutdown.cancelled() => break,
-                    _ = ticker.tick() => {}
+                    _ = ticker.tick(), if polling => {}
                     Some(()) = rx.recv() => {
                         // Let an editor or a symlink swap finish, then take every queued event.
                         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -266,6 +260,7 @@ impl RouteStore {
                 let store = self.clone();
                 let _ = tokio::task::spawn_blocking(move || store.reload()).await;
             }
+            Ok(())
         });
     }
 }

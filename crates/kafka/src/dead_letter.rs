@@ -1,34 +1,18 @@
 //! Dead-letter routing: a record that cannot be processed is copied, bytes untouched, to a
 //! dead-letter topic with headers naming where it came from and why, so its partition moves on.
 
-use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
+use rdkafka::message::{Header, Message};
+use substrate_runtime::failure::{Backoff, Classify};
+use tokio_util::sync::CancellationToken;
 
+use crate::origin::{
+    copy_headers, Origin, DLQ_ATTEMPTS, DLQ_ERROR, DLQ_HEADER_PREFIX, DLQ_SERVICE,
+    DLQ_SOURCE_OFFSET, DLQ_SOURCE_PARTITION, DLQ_SOURCE_TOPIC, RETRY_HEADER_PREFIX,
+};
 use crate::producer::{Acked, ProduceError, Producer};
 
-pub const DLQ_SOURCE_TOPIC: &str = "dlq_source_topic";
-pub const DLQ_SOURCE_PARTITION: &str = "dlq_source_partition";
-pub const DLQ_SOURCE_OFFSET: &str = "dlq_source_offset";
-pub const DLQ_ERROR: &str = "dlq_error";
-pub const DLQ_ATTEMPTS: &str = "dlq_attempts";
-pub const DLQ_SERVICE: &str = "dlq_service";
-
-/// Where a record first entered the platform's processing (before any retry topic).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Origin {
-    pub topic: String,
-    pub partition: i32,
-    pub offset: i64,
-}
-
-impl Origin {
-    pub fn of<M: Message>(message: &M) -> Self {
-        Self {
-            topic: message.topic().to_string(),
-            partition: message.partition(),
-            offset: message.offset(),
-        }
-    }
-}
+/// Records dead-lettered, by service and source topic.
+pub const DEAD_LETTERS: &str = "substrate_dead_letters_total";
 
 #[derive(Clone)]
 pub struct DeadLetter {
@@ -70,7 +54,80 @@ impl DeadLetter {
         error: &str,
         attempts: u32,
     ) -> Result<Acked, ProduceError> {
-        let mut headers = copy_headers(message, &["dlq_", crate::retry::HEADER_PREFIX]);
+        self.produce(
+            message,
+            message.payload().unwrap_or_default(),
+            origin,
+            error,
+            attempts,
+        )
+        .await
+    }
+
+    /// Dead-letters `message` for good: transient produce failures are retried (backing off)
+    /// until the letter is stored; a letter the broker refuses (a value over its size limit) is
+    /// stored without the value, its error saying so, so the partition still moves on. Counts
+    /// and logs the letter; false only when shutdown interrupted it.
+    pub async fn park<M: Message>(
+        &self,
+        message: &M,
+        origin: &Origin,
+        error: &str,
+        attempts: u32,
+        shutdown: &CancellationToken,
+    ) -> bool {
+        tracing::warn!(
+            service = %self.service,
+            topic = %origin.topic,
+            partition = origin.partition,
+            offset = origin.offset,
+            %error,
+            "dead-lettering a record"
+        );
+        let mut backoff = Backoff::new("dead_letter");
+        let mut error = error.to_string();
+        let mut payload = message.payload().unwrap_or_default();
+        loop {
+            match self
+                .produce(message, payload, origin, &error, attempts)
+                .await
+            {
+                Ok(_) => {
+                    metrics::counter!(DEAD_LETTERS, "service" => self.service.clone(), "topic" => origin.topic.clone())
+                        .increment(1);
+                    return true;
+                }
+                Err(e) if e.is_transient() => {
+                    if !backoff.wait(shutdown, &e).await {
+                        return false;
+                    }
+                }
+                Err(e) if !payload.is_empty() => {
+                    tracing::error!(error = %e, "the dead-letter topic refused the record; storing the letter without its value");
+                    error =
+                        format!("{error}; value dropped: the dead-letter topic refused it: {e}");
+                    payload = &[];
+                }
+                Err(e) => {
+                    // Even an empty letter is refused: that is the deployment (a missing topic,
+                    // an ACL), not the record. Hold it and say so until an operator fixes it.
+                    if !backoff.wait(shutdown, &e).await {
+                        return false;
+                    }
+                }
+            }
+        }
+    }
+
+    async fn produce<M: Message>(
+        &self,
+        message: &M,
+        payload: &[u8],
+        origin: &Origin,
+        error: &str,
+        attempts: u32,
+    ) -> Result<Acked, ProduceError> {
+        let mut headers = copy_headers(message, &[DLQ_HEADER_PREFIX, RETRY_HEADER_PREFIX]);
         let partition = origin.partition.to_string();
         let offset = origin.offset.to_string();
         let attempts = attempts.to_string();
@@ -89,29 +146,7 @@ impl DeadLetter {
             });
         }
         self.producer
-            .send(
-                &self.topic,
-                message.key(),
-                message.payload().unwrap_or_default(),
-                headers,
-            )
+            .send(&self.topic, message.key(), payload, headers)
             .await
     }
-}
-
-/// The headers of `message` except those whose key starts with one of `drop_prefixes`.
-pub fn copy_headers<M: Message>(message: &M, drop_prefixes: &[&str]) -> OwnedHeaders {
-    let mut headers = OwnedHeaders::new();
-    if let Some(original) = message.headers() {
-        for h in original.iter() {
-            if drop_prefixes.iter().any(|p| h.key.starts_with(p)) {
-                continue;
-            }
-            headers = headers.insert(Header {
-                key: h.key,
-                value: h.value,
-            });
-        }
-    }
-    headers
 }

@@ -9,6 +9,8 @@ use rdkafka::message::OwnedHeaders;
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer as _};
 use rdkafka::util::Timeout;
 
+use substrate_runtime::failure::{Class, Classify};
+
 use crate::KafkaConfig;
 
 pub const PRODUCE_LATENCY: &str = "substrate_kafka_produce_seconds";
@@ -24,11 +26,19 @@ pub enum ProduceError {
     Rejected(String),
 }
 
-impl ProduceError {
-    pub fn is_transient(&self) -> bool {
-        matches!(self, Self::Unavailable(_))
+impl Classify for ProduceError {
+    fn class(&self) -> Class {
+        match self {
+            Self::Unavailable(_) => Class::Transient,
+            Self::Rejected(_) => Class::Permanent,
+        }
     }
+}
 
+impl ProduceError {
+    /// Outages, overload and a topic not (yet) known to the cluster are transient: no record
+    /// causes them and retrying holds the input until they pass. What the broker refuses for
+    /// this record (its size, its format) is permanent.
     fn classify(error: KafkaError) -> Self {
         let code = error.rdkafka_error_code();
         match code {
@@ -36,13 +46,18 @@ impl ProduceError {
                 RDKafkaErrorCode::QueueFull
                 | RDKafkaErrorCode::MessageTimedOut
                 | RDKafkaErrorCode::RequestTimedOut
+                | RDKafkaErrorCode::OperationTimedOut
                 | RDKafkaErrorCode::AllBrokersDown
                 | RDKafkaErrorCode::BrokerTransportFailure
+                | RDKafkaErrorCode::BrokerNotAvailable
                 | RDKafkaErrorCode::NotEnoughReplicas
                 | RDKafkaErrorCode::NotEnoughReplicasAfterAppend
                 | RDKafkaErrorCode::LeaderNotAvailable
                 | RDKafkaErrorCode::NotLeaderForPartition
-                | RDKafkaErrorCode::NetworkException,
+                | RDKafkaErrorCode::NetworkException
+                | RDKafkaErrorCode::UnknownTopicOrPartition
+                | RDKafkaErrorCode::UnknownTopic
+                | RDKafkaErrorCode::UnknownPartition,
             ) => Self::Unavailable(error.to_string()),
             _ => Self::Rejected(error.to_string()),
         }
@@ -109,6 +124,17 @@ impl Producer {
     /// Waits for every outstanding record to be acknowledged (shutdown).
     pub fn flush(&self, timeout: Duration) -> Result<(), KafkaError> {
         self.inner.flush(Timeout::After(timeout))
+    }
+
+    /// The producer's part of a drain: waits, at most `grace`, off the async threads, for the
+    /// records still in flight to be acknowledged.
+    pub async fn close(&self, grace: Duration) {
+        let producer = self.clone();
+        match tokio::task::spawn_blocking(move || producer.flush(grace)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::warn!(error = %e, "records unacknowledged at shutdown"),
+            Err(e) => tracing::warn!(error = %e, "flushing the producer failed"),
+        }
     }
 
     /// A readiness check for `/readyz`: a metadata request with a 2 s timeout on every call.

@@ -14,7 +14,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::consumer::OffsetBatch;
-use crate::retry::InFlight;
+use crate::in_flight::InFlight;
 
 /// Reads `consumer` until `shutdown`, handing every record that `admit` lets through to
 /// `handle`. `handle` returns true once the record's effects are durable (its offset may then be

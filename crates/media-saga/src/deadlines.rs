@@ -10,24 +10,32 @@ use std::time::Duration;
 
 use serde_json::json;
 use substrate_kafka::TraceParent;
+use substrate_runtime::failure::Classify;
 use uuid::Uuid;
 
 use crate::emit::Topic;
 use crate::metrics::{DEADLINES_FIRED, FINISHED};
 use crate::saga::{db, lock_saga, state, Engine, StepError};
 
-/// Looks for due deadlines every `poll` until shutdown.
-pub async fn run(engine: Arc<Engine>, poll: Duration) {
+/// Looks for due deadlines every `poll` until shutdown. A deadline whose handling fails
+/// transiently stays due and is tried at the next poll; one that fails permanently (its results
+/// can never be produced) is marked fired with the error logged, so it is not retried forever.
+pub async fn run(engine: Arc<Engine>, poll: Duration) -> anyhow::Result<()> {
+    let shutdown = engine.shutdown.token();
     loop {
         match due(&engine).await {
             Ok(deadlines) => {
                 let full = deadlines.len() >= BATCH as usize;
                 for (request, kind) in deadlines {
-                    if engine.shutdown.is_cancelled() {
-                        return;
+                    if shutdown.is_cancelled() {
+                        return Ok(());
                     }
-                    if let Err(error) = fire(&engine, request, &kind).await {
-                        tracing::warn!(%request, %kind, %error, "handling a deadline failed; it stays due");
+                    match fire(&engine, request, &kind).await {
+                        Ok(()) => {}
+                        Err(error) if error.is_transient() => {
+                            tracing::warn!(%request, %kind, %error, "handling a deadline failed; it stays due")
+                        }
+                        Err(error) => abandon(&engine, request, &kind, &error).await,
                     }
                 }
                 if full {
@@ -37,9 +45,31 @@ pub async fn run(engine: Arc<Engine>, poll: Duration) {
             Err(error) => tracing::warn!(%error, "reading due deadlines failed"),
         }
         tokio::select! {
-            _ = engine.shutdown.cancelled() => return,
+            _ = shutdown.cancelled() => return Ok(()),
             _ = tokio::time::sleep(poll) => {}
         }
+    }
+}
+
+/// Marks a deadline that can never be handled as fired, saying why.
+async fn abandon(engine: &Engine, request: Uuid, kind: &str, error: &StepError) {
+    tracing::error!(%request, %kind, %error, "a deadline cannot be handled; marking it fired");
+    metrics::counter!(DEADLINES_FIRED, "kind" => kind.to_string(), "effect" => "abandoned")
+        .increment(1);
+    let marked = async {
+        let client = engine.pool.get().await.map_err(db)?;
+        client
+            .execute(
+                "UPDATE public.media_deadlines SET fired_at = now()
+                 WHERE request_id = $1 AND kind = $2 AND fired_at IS NULL",
+                &[&request, &kind],
+            )
+            .await
+            .map_err(db)
+    }
+    .await;
+    if let Err(e) = marked {
+        tracing::warn!(%request, %kind, error = %e, "marking the deadline fired failed; it stays due");
     }
 }
 

@@ -5,6 +5,7 @@
 use serde_json::Value as Json;
 use substrate_avro::{Catalog, Registry};
 use substrate_kafka::{CloudEvent, Producer, TraceParent};
+use substrate_runtime::failure::Failure;
 use uuid::Uuid;
 
 const SOURCE: &str = "/event-substrate/media-saga";
@@ -151,26 +152,29 @@ impl Emitter {
         step: u32,
         record: &Json,
         trace: &TraceParent,
-    ) -> Result<(), String> {
+    ) -> Result<(), Failure> {
         let schema = self
             .catalog
             .get(topic.name())
-            .ok_or_else(|| format!("no schema for {}", topic.name()))?;
-        let value = schema
-            .to_avro(record)
-            .map_err(|e| format!("a {} record does not fit its schema: {e}", topic.name()))?;
+            .ok_or_else(|| Failure::permanent(format!("no schema for {}", topic.name())))?;
+        let value = schema.to_avro(record).map_err(|e| {
+            Failure::permanent(format!(
+                "a {} record does not fit its schema: {e}",
+                topic.name()
+            ))
+        })?;
         let name = self.topics.name(topic);
         let bytes = self
             .registry
             .encode(&name, value)
             .await
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| Failure::of(&e).context(format!("encoding for {name}")))?;
         let headers = CloudEvent::new(event_id(request, topic, step), topic.event_type(), SOURCE)
             .to_headers(trace);
         self.producer
             .send(&name, Some(request.to_string().as_bytes()), &bytes, headers)
             .await
-            .map_err(|e| format!("producing to {name}: {e}"))?;
+            .map_err(|e| Failure::of(&e).context(format!("producing to {name}")))?;
         metrics::counter!(crate::metrics::EMITTED, "topic" => topic.name()).increment(1);
         Ok(())
     }

@@ -111,7 +111,7 @@ pub async fn serve(
             format!("{}{DEAD_LETTER_TOPIC}", c.topic_prefix),
             "media-saga",
         ),
-        shutdown: shutdown.token(),
+        shutdown: shutdown.clone(),
     });
 
     let s3_check = engine.storage.clone();
@@ -128,16 +128,16 @@ pub async fn serve(
         .with_state(engine.clone())
         .merge(ops::router(readiness));
     let token = shutdown.token();
-    let http = tokio::spawn(async move {
+    shutdown.spawn("http", async move {
         axum::serve(listener, app)
             .with_graceful_shutdown(async move { token.cancelled().await })
-            .await
+            .await?;
+        Ok(())
     });
-
-    let timers = tokio::spawn(deadlines::run(
-        engine.clone(),
-        Duration::from_millis(c.deadline_poll_ms),
-    ));
+    shutdown.spawn(
+        "deadlines",
+        deadlines::run(engine.clone(), Duration::from_millis(c.deadline_poll_ms)),
+    );
 
     let handler = {
         let engine = engine.clone();
@@ -150,15 +150,14 @@ pub async fn serve(
         Arc::new(consumer),
         c.max_in_flight,
         shutdown.token(),
-        Duration::from_secs(10),
+        shutdown.grace(),
         |_| true,
         handler,
     )
     .await;
     shutdown.cancel();
-    let _ = timers.await;
-    let _ = tokio::task::spawn_blocking(move || producer.flush(Duration::from_secs(10))).await;
-    let _ = http.await;
-    tracing::info!("media-saga stopped");
+    // Background moves and the deadline poller are tracked: the drain waits for them.
+    shutdown.drain().await;
+    producer.close(shutdown.grace()).await;
     Ok(())
 }

@@ -4,17 +4,18 @@
 //! URL's TTL, the move timeout) live in `media_deadlines` and are handled in `deadlines.rs`.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Instant, SystemTime};
 
 use rdkafka::message::{Message, OwnedMessage};
 use serde::Deserialize;
 use serde_json::json;
 use substrate_avro::{avro_to_json, Registry};
 use substrate_db::media::{Saga, SAGA_COLUMNS};
-use substrate_db::Pool;
+use substrate_db::{DbError, Pool};
 use substrate_kafka::{DeadLetter, Origin, TraceParent};
+use substrate_runtime::failure::{retry_transient, Failure, Stopped};
+use substrate_runtime::Shutdown;
 use tokio::sync::Semaphore;
-use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use crate::config::SagaConfig;
@@ -69,18 +70,13 @@ pub struct FileIntent {
     pub file_path: String,
 }
 
-pub type StepError = String;
+/// What a saga step fails with: transient (retried with the record's offset held) or permanent
+/// (the record is dead-lettered).
+pub type StepError = Failure;
 
-/// A database error with its causes (tokio-postgres says only "db error" at the top).
-pub fn db(e: impl std::error::Error) -> StepError {
-    let mut text = format!("database: {e}");
-    let mut source = e.source();
-    while let Some(inner) = source {
-        text.push_str(": ");
-        text.push_str(&inner.to_string());
-        source = inner.source();
-    }
-    text
+/// A database error, classified, with what the database said.
+pub fn db(e: impl Into<DbError>) -> StepError {
+    Failure::of(&e.into())
 }
 
 pub struct Engine {
@@ -91,7 +87,7 @@ pub struct Engine {
     pub config: SagaConfig,
     pub moves: Arc<Semaphore>,
     pub dead_letter: DeadLetter,
-    pub shutdown: CancellationToken,
+    pub shutdown: Shutdown,
 }
 
 impl Engine {
@@ -110,19 +106,18 @@ impl Engine {
         let Some(payload) = message.payload() else {
             return self.reject(&message, "the record has no value").await;
         };
-        let decoded = self
-            .until_ok("decoding a record", || async {
-                match self.registry.decode(payload).await {
-                    Ok((value, _)) => Ok(Ok(avro_to_json(&value))),
-                    Err(e) if e.retriable => Err(e.to_string()),
-                    Err(e) => Ok(Err(format!("undecodable: {}", e.message))),
-                }
-            })
-            .await;
+        let decoded = retry_transient(&self.shutdown.token(), "media_saga.decode", || {
+            self.registry.decode(payload)
+        })
+        .await;
         let json = match decoded {
-            None => return false,
-            Some(Err(error)) => return self.reject(&message, &error).await,
-            Some(Ok(json)) => json,
+            Err(Stopped::Cancelled) => return false,
+            Err(Stopped::Permanent(e)) => {
+                return self
+                    .reject(&message, &format!("undecodable: {}", e.message))
+                    .await
+            }
+            Ok((value, _)) => avro_to_json(&value),
         };
         macro_rules! parse {
             ($t:ty) => {
@@ -139,64 +134,78 @@ impl Engine {
         let done = match topic {
             Topic::UploadIntent => {
                 let intent = parse!(UploadIntent);
-                self.until_ok("credit check", || self.upload_intent(&intent, &trace))
-                    .await
+                self.step(&message, "media_saga.credit_check", || {
+                    self.upload_intent(&intent, &trace)
+                })
+                .await
             }
             Topic::UploadReceived => {
                 let received = parse!(UploadReceived);
-                self.until_ok("recording an arrival", || {
+                self.step(&message, "media_saga.arrival", || {
                     self.upload_received(&received, &trace)
                 })
                 .await
             }
             Topic::FileReady => {
                 let ready = parse!(FileReady);
-                self.until_ok("joining a ready file", || self.file_ready(&ready, &trace))
-                    .await
+                self.step(&message, "media_saga.file_ready", || {
+                    self.file_ready(&ready, &trace)
+                })
+                .await
             }
             Topic::UploadRetry => {
                 let retry = parse!(UploadRetry);
-                self.until_ok("retrying a move", || self.upload_retry(&retry, &trace))
-                    .await
+                self.step(&message, "media_saga.move_retry", || {
+                    self.upload_retry(&retry, &trace)
+                })
+                .await
             }
             Topic::DownloadIntent => {
                 let intent = parse!(FileIntent);
-                self.until_ok("signing a download", || self.download(&intent, &trace))
-                    .await
+                self.step(&message, "media_saga.download", || {
+                    self.download(&intent, &trace)
+                })
+                .await
             }
             Topic::DeleteIntent => {
                 let intent = parse!(FileIntent);
-                self.until_ok("deleting a file", || self.delete(&intent, &trace))
-                    .await
+                self.step(&message, "media_saga.delete", || {
+                    self.delete(&intent, &trace)
+                })
+                .await
             }
-            _ => Some(()),
+            _ => true,
         };
         metrics::histogram!(STEP_SECONDS, "topic" => topic.name())
             .record(started.elapsed().as_secs_f64());
-        done.is_some()
+        done
     }
 
-    async fn until_ok<T, F, Fut>(&self, what: &str, effect: F) -> Option<T>
+    /// Runs a step until its effects are durable: transient failures back off with the offset
+    /// held, a permanent one dead-letters the record. False when shutdown interrupted it.
+    async fn step<F, Fut>(&self, message: &OwnedMessage, operation: &'static str, effect: F) -> bool
     where
         F: FnMut() -> Fut,
-        Fut: std::future::Future<Output = Result<T, StepError>>,
+        Fut: std::future::Future<Output = Result<(), StepError>>,
     {
-        substrate_runtime::retry::until_ok(&self.shutdown, what, Duration::from_millis(100), effect)
-            .await
+        match retry_transient(&self.shutdown.token(), operation, effect).await {
+            Ok(()) => true,
+            Err(Stopped::Cancelled) => false,
+            Err(Stopped::Permanent(failure)) => self.reject(message, failure.message()).await,
+        }
     }
 
-    /// Sends a record the saga cannot read to the dead-letter topic.
+    /// Sends a record the saga cannot process to the dead-letter topic.
     async fn reject(&self, message: &OwnedMessage, error: &str) -> bool {
-        tracing::warn!(topic = message.topic(), %error, "dead-lettering a record");
-        let origin = Origin::of(message);
-        self.until_ok("dead-lettering", || async {
-            self.dead_letter
-                .send_from(message, &origin, error, 1)
-                .await
-                .map_err(|e| e.to_string())
-        })
-        .await
-        .is_some()
+        self.dead_letter
+            .park(
+                message,
+                &Origin::of(message),
+                error,
+                1,
+                &self.shutdown.token(),
+            )
+            .await
     }
 
     // ---- upload: credit check, presign, TTL deadline ----
@@ -318,7 +327,9 @@ impl Engine {
         let approved = json!({"request_id": saga.request_id, "user_id": saga.user_id,
             "file_name": saga.file_name, "media_type": saga.media_type,
             "file_size": saga.file_size, "balance": balance});
-        let expires_at = saga.expires_at.ok_or("an approved saga has no expiry")?;
+        let expires_at = saga
+            .expires_at
+            .ok_or_else(|| Failure::permanent("an approved saga has no expiry"))?;
         let upload_path = saga.upload_path.clone().unwrap_or_default();
         let ttl = self.config.upload_ttl();
         let url = self
@@ -330,7 +341,8 @@ impl Engine {
                 SystemTime::from(expires_at) - ttl,
                 ttl,
             )
-            .await?;
+            .await
+            .map_err(|e| Failure::permanent(format!("signing the upload URL: {e}")))?;
         let signed = json!({"request_id": saga.request_id, "user_id": saga.user_id,
             "file_path": upload_path, "upload_url": url, "media_type": saga.media_type,
             "file_size": saga.file_size, "expires_at": expires_at.timestamp_millis()});
@@ -423,18 +435,22 @@ impl Engine {
     /// move that fails or never finishes is caught by the move timeout.
     fn spawn_move(self: &Arc<Self>, saga: Saga, step: u32, trace: TraceParent) {
         let this = self.clone();
-        tokio::spawn(async move {
+        self.shutdown.spawn_work(async move {
             let Ok(_permit) = this.moves.clone().acquire_owned().await else {
                 return;
             };
             match this.move_file(&saga).await {
                 Ok(size) => {
                     metrics::counter!(MOVES, "outcome" => "moved").increment(1);
-                    let _ = this
-                        .until_ok("reporting a moved file", || {
-                            this.emit_ready(&saga, size, step, &trace)
-                        })
-                        .await;
+                    let reported = retry_transient(
+                        &this.shutdown.token(),
+                        "media_saga.report_moved",
+                        || this.emit_ready(&saga, size, step, &trace),
+                    )
+                    .await;
+                    if let Err(Stopped::Permanent(error)) = reported {
+                        tracing::error!(request = %saga.request_id, %error, "reporting a moved file failed; the move timeout will retry it");
+                    }
                 }
                 Err(error) => {
                     metrics::counter!(MOVES, "outcome" => "failed").increment(1);
@@ -444,7 +460,7 @@ impl Engine {
         });
     }
 
-    async fn move_file(&self, saga: &Saga) -> Result<i64, StepError> {
+    async fn move_file(&self, saga: &Saga) -> Result<i64, String> {
         let from = saga.upload_path.as_deref().unwrap_or_default();
         let to = saga.permanent_path.as_deref().unwrap_or_default();
         self.storage.move_object(from, to, saga.file_size).await
@@ -571,7 +587,11 @@ impl Engine {
         }
         let ttl = self.config.download_ttl();
         let now = SystemTime::now();
-        let url = self.storage.presign_get(&d.file_path, now, ttl).await?;
+        let url = self
+            .storage
+            .presign_get(&d.file_path, now, ttl)
+            .await
+            .map_err(|e| Failure::permanent(format!("signing the download URL: {e}")))?;
         let expires_at = chrono::DateTime::<chrono::Utc>::from(now + ttl).timestamp_millis();
         let record = json!({"request_id": d.request_id, "user_id": d.user_id,
             "file_path": d.file_path, "download_url": url, "expires_at": expires_at});

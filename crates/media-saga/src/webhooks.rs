@@ -15,9 +15,10 @@ use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde_json::{json, Value};
+use substrate_runtime::failure::{Classify, Failure};
 use subtle::ConstantTimeEq;
 
-use crate::saga::{state, Engine};
+use crate::saga::{db, state, Engine};
 use crate::storage::parse_key;
 
 fn error(status: StatusCode, code: &str, message: impl Into<String>) -> Response {
@@ -107,9 +108,9 @@ async fn notification(engine: &Engine, headers: &HeaderMap, body: &[u8]) -> Resp
             continue;
         }
         match arrival(engine, &key).await {
-            Ok(Ok(())) => accepted += 1,
-            Ok(Err(reason)) => skip(&reason),
-            Err(e) => {
+            Ok(Arrival::Reported) => accepted += 1,
+            Ok(Arrival::Ignored(reason)) => skip(&reason),
+            Err(e) if e.is_transient() => {
                 tracing::warn!(error = %e, %key, "handling an S3 event failed");
                 return error(
                     StatusCode::SERVICE_UNAVAILABLE,
@@ -117,30 +118,47 @@ async fn notification(engine: &Engine, headers: &HeaderMap, body: &[u8]) -> Resp
                     format!("the event could not be recorded: {e}"),
                 );
             }
+            Err(e) => {
+                tracing::error!(error = %e, %key, "an S3 event cannot be recorded");
+                return error(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "unrecordable",
+                    format!("the event can never be recorded: {e}"),
+                );
+            }
         }
     }
     Json(json!({"accepted": accepted, "ignored": ignored})).into_response()
 }
 
-/// Reports one created object; `Ok(Err(reason))` when it is not one the saga waits for.
-async fn arrival(engine: &Engine, key: &str) -> Result<Result<(), String>, String> {
+/// What became of one created object.
+enum Arrival {
+    /// Reported to the saga.
+    Reported,
+    /// Not an object the saga waits for (why).
+    Ignored(String),
+}
+
+/// Reports one created object. S3 and database outages are transient (the sender retries).
+async fn arrival(engine: &Engine, key: &str) -> Result<Arrival, Failure> {
+    let ignored = |reason: &str| Ok(Arrival::Ignored(reason.to_string()));
     let storage = &engine.storage;
     let (upload, parsed) = match parse_key(&storage.upload_prefix, key) {
         Some(ids) => (true, ids),
         None => match parse_key(&storage.files_prefix, key) {
             Some(ids) => (false, ids),
-            None => return Ok(Err("not under the upload or files prefix".into())),
+            None => return ignored("not under the upload or files prefix"),
         },
     };
     let (user, request) = parsed;
     let saga = {
-        let client = engine.pool.get().await.map_err(|e| e.to_string())?;
+        let client = engine.pool.get().await.map_err(db)?;
         substrate_db::media::saga(&**client, request)
             .await
-            .map_err(|e| e.to_string())?
+            .map_err(db)?
     };
     let Some(saga) = saga.filter(|s| s.user_id == user) else {
-        return Ok(Err("no upload of this user has this request id".into()));
+        return ignored("no upload of this user has this request id");
     };
     let expected = if upload {
         &saga.upload_path
@@ -148,17 +166,24 @@ async fn arrival(engine: &Engine, key: &str) -> Result<Result<(), String>, Strin
         &saga.permanent_path
     };
     if expected.as_deref() != Some(key) {
-        return Ok(Err("the key is not the one signed for this request".into()));
+        return ignored("the key is not the one signed for this request");
     }
-    let Some(head) = storage.head(key).await? else {
-        return Ok(Err("no such object (deleted since?)".into()));
+    let head = storage
+        .head(key)
+        .await
+        .map_err(|e| Failure::transient(format!("S3 HEAD {key}: {e}")))?;
+    let Some(head) = head else {
+        return ignored("no such object (deleted since?)");
     };
     if upload {
         if saga.state != state::SIGNED {
-            return Ok(Err(format!("the upload is already {}", saga.state)));
+            return Ok(Arrival::Ignored(format!(
+                "the upload is already {}",
+                saga.state
+            )));
         }
         if let Err(reason) = saga.check_upload(head.size, head.content_type.as_deref()) {
-            return Ok(Err(reason));
+            return Ok(Arrival::Ignored(reason));
         }
         engine
             .report_arrival(&saga, head.size, &saga.media_type, "s3-event")
@@ -166,7 +191,7 @@ async fn arrival(engine: &Engine, key: &str) -> Result<Result<(), String>, Strin
     } else {
         engine.report_ready(&saga, head.size).await?;
     }
-    Ok(Ok(()))
+    Ok(Arrival::Reported)
 }
 
 /// S3 event keys are URL-encoded with `+` for spaces.

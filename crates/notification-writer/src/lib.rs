@@ -50,7 +50,7 @@ pub async fn serve(
     let readiness = Readiness::new()
         .with_check("postgres", substrate_db::pool::ready_check(&pool))
         .with_check("kafka", producer.ready_check());
-    let ops_server = ops::spawn(listener, readiness, shutdown.token());
+    ops::spawn(listener, readiness, &shutdown);
 
     let writer = writer::Writer {
         consumer,
@@ -64,11 +64,11 @@ pub async fn serve(
         mappings: mappings.clone(),
         batch_max_rows: w.batch_max_rows,
         batch_max: Duration::from_millis(w.batch_max_ms),
+        drain: shutdown.grace(),
     };
     let result = writer.run(shutdown.token()).await;
     shutdown.cancel();
-    let _ = tokio::task::spawn_blocking(move || producer.flush(Duration::from_secs(10))).await;
-    let _ = ops_server.await;
-    tracing::info!("notification-writer stopped");
+    producer.close(shutdown.grace()).await;
+    shutdown.drain().await;
     result
 }

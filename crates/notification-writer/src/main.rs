@@ -6,7 +6,6 @@ async fn main() -> std::process::ExitCode {
     substrate_runtime::run_service(
         "notification-writer",
         notification_writer::Config::load(),
-        |c| &c.telemetry,
         notification_writer::run,
     )
     .await

@@ -5,6 +5,7 @@ use chrono::{DateTime, Utc};
 use serde::Deserialize;
 use serde_json::Value as Json;
 use substrate_db::notifications::{NewNotification, Visibility};
+use substrate_rules::names::{event_type_rule, is_event_type};
 use uuid::Uuid;
 
 /// Ids for events that carry none are derived from their position in the log.
@@ -65,11 +66,8 @@ impl Mapping {
             if !self.event_type.is_empty() {
                 return Err("set only one of event_type and event_type_field".into());
             }
-        } else if self.event_type.split('.').count() < 2 {
-            return Err(format!(
-                "event_type `{}` must be domain.entity",
-                self.event_type
-            ));
+        } else if !is_event_type(&self.event_type) {
+            return Err(event_type_rule(&self.event_type));
         }
         Ok(())
     }
@@ -118,8 +116,8 @@ impl Mapping {
                     .get(field)
                     .and_then(Json::as_str)
                     .ok_or_else(|| format!("field `{field}` (event type) is missing"))?;
-                if value.split('.').count() < 2 {
-                    return Err(format!("event type `{value}` must be domain.entity"));
+                if !is_event_type(value) {
+                    return Err(event_type_rule(value));
                 }
                 value.to_string()
             }
@@ -279,6 +277,13 @@ mod tests {
             )
             .unwrap_err()
             .contains("domain.entity"));
+        assert!(m
+            .to_row(
+                json!({"event_type": "commerce.vip-purchase", "visibility": "broadcast", "payload": "{}"}),
+                &origin()
+            )
+            .unwrap_err()
+            .contains("must be namespaced"));
         assert!(m
             .to_row(
                 json!({"event_type": "a.b", "visibility": "broadcast", "payload": "nope"}),

@@ -1,7 +1,9 @@
-//! The consume → decode → map → batch insert loop. A batch is written in one statement when it
-//! is full or old enough; offsets are stored only after it committed. Postgres failures are
-//! retried with backoff without moving offsets; undecodable or unmappable records go to the
-//! dead-letter topic and their partition moves on.
+//! The consume → decode → map → batch insert loop. A batch is written in one statement when
+//! no further record is waiting or it is full; offsets are stored only after every record of it
+//! is written or dead-lettered. Failures follow the platform's model: transient ones (Postgres
+//! or the registry unavailable) back off with offsets held; a batch refused for a permanent
+//! reason is split in halves until the refused record is alone, which goes to the dead letter
+//! while the rest are written; undecodable or unmappable records are dead-lettered at once.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -13,7 +15,8 @@ use substrate_db::notifications::{insert_batch, NewNotification};
 use substrate_db::Pool;
 use substrate_kafka::consumer::OffsetBatch;
 use substrate_kafka::headers::{header_str, CE_ID, CE_TIME};
-use substrate_kafka::DeadLetter;
+use substrate_kafka::{DeadLetter, Origin as RecordOrigin};
+use substrate_runtime::failure::{write_splitting, Backoff, Classify, Failure};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -28,18 +31,35 @@ pub struct Writer {
     pub mappings: BTreeMap<String, Mapping>,
     pub batch_max_rows: usize,
     pub batch_max: Duration,
+    /// How long the rows read before shutdown may take to be written.
+    pub drain: Duration,
 }
 
-enum Outcome {
-    Row(NewNotification),
-    /// Permanently unprocessable: dead-letter it.
-    Poison(String),
+/// Shutdown interrupted a retry; what was not written is redelivered after a restart.
+struct Interrupted;
+
+/// Rows read but not yet written, with the records they came from (to dead-letter one).
+struct Batch<'a> {
+    rows: Vec<NewNotification>,
+    sources: Vec<BorrowedMessage<'a>>,
+    offsets: OffsetBatch,
+}
+
+impl Batch<'_> {
+    fn clear(&mut self) {
+        self.rows.clear();
+        self.sources.clear();
+        self.offsets = OffsetBatch::new();
+    }
 }
 
 impl Writer {
     pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
-        let mut rows: Vec<NewNotification> = Vec::with_capacity(self.batch_max_rows);
-        let mut offsets = OffsetBatch::new();
+        let mut batch = Batch {
+            rows: Vec::with_capacity(self.batch_max_rows),
+            sources: Vec::with_capacity(self.batch_max_rows),
+            offsets: OffsetBatch::new(),
+        };
         let mut deadline: Option<Instant> = None;
         loop {
             let timer = async {
@@ -52,7 +72,9 @@ impl Writer {
                 biased;
                 _ = shutdown.cancelled() => break,
                 _ = timer => {
-                    self.flush(&mut rows, &mut offsets, &shutdown).await?;
+                    if self.flush(&mut batch, &shutdown).await.is_err() {
+                        break;
+                    }
                     deadline = None;
                 }
                 message = self.consumer.recv() => {
@@ -63,37 +85,52 @@ impl Writer {
                             continue;
                         }
                     };
+                    let (topic, partition, offset) =
+                        (message.topic().to_string(), message.partition(), message.offset());
                     match self.process(&message, &shutdown).await {
-                        Some(Outcome::Row(row)) => rows.push(row),
-                        Some(Outcome::Poison(error)) => {
-                            self.dead_letter(&message, &error, &shutdown).await?;
+                        Ok(row) => {
+                            batch.rows.push(row);
+                            batch.sources.push(message);
                         }
-                        None => break, // shutting down while the registry was unreachable
+                        Err(failure) if failure.is_transient() => break, // shutdown during a retry
+                        Err(failure) => {
+                            if !self.park(&message, &failure, &shutdown).await {
+                                break;
+                            }
+                        }
                     }
-                    offsets.processed(message.topic(), message.partition(), message.offset());
+                    batch.offsets.processed(&topic, partition, offset);
                     if deadline.is_none() {
                         deadline = Some(Instant::now() + self.batch_max);
                     }
-                    if rows.len() >= self.batch_max_rows {
-                        self.flush(&mut rows, &mut offsets, &shutdown).await?;
+                    if batch.rows.len() >= self.batch_max_rows {
+                        if self.flush(&mut batch, &shutdown).await.is_err() {
+                            break;
+                        }
                         deadline = None;
                     }
                 }
                 // Nothing more is waiting: write what was read now rather than at the deadline
                 // (under load records keep arriving and batches fill up to batch_max_rows).
-                _ = std::future::ready(()), if !rows.is_empty() => {
-                    self.flush(&mut rows, &mut offsets, &shutdown).await?;
+                _ = std::future::ready(()), if !batch.offsets.is_empty() => {
+                    if self.flush(&mut batch, &shutdown).await.is_err() {
+                        break;
+                    }
                     deadline = None;
                 }
             }
         }
-        // Drain: what was read before shutdown is written (bounded), then its offsets stored.
+        // Drain: what was read before shutdown is written within the grace period, then its
+        // offsets are stored; past it, the rest is redelivered after a restart.
         let drain = CancellationToken::new();
-        let _ = tokio::time::timeout(
-            Duration::from_secs(10),
-            self.flush(&mut rows, &mut offsets, &drain),
-        )
-        .await;
+        let timer = drain.clone();
+        let grace = self.drain;
+        let guard = tokio::spawn(async move {
+            tokio::time::sleep(grace).await;
+            timer.cancel();
+        });
+        let _ = self.flush(&mut batch, &drain).await;
+        guard.abort();
         if let Err(e) = rdkafka::consumer::Consumer::commit_consumer_state(
             &self.consumer,
             rdkafka::consumer::CommitMode::Sync,
@@ -103,33 +140,31 @@ impl Writer {
         Ok(())
     }
 
-    /// Decodes and maps one record. Registry outages are retried here (the record is fine);
-    /// `None` means shutdown interrupted the retries.
+    /// Decodes and maps one record. Registry outages are retried here (the record is fine); a
+    /// transient failure is returned only when shutdown interrupted the retries.
     async fn process(
         &self,
         message: &BorrowedMessage<'_>,
         shutdown: &CancellationToken,
-    ) -> Option<Outcome> {
-        let Some(mapping) = self.mappings.get(message.topic()) else {
-            return Some(Outcome::Poison(format!(
-                "no mapping for topic {}",
-                message.topic()
-            )));
-        };
-        let Some(payload) = message.payload() else {
-            return Some(Outcome::Poison("the record has no value".into()));
-        };
-        let mut backoff = Backoff::new();
+    ) -> Result<NewNotification, Failure> {
+        let mapping = self.mappings.get(message.topic()).ok_or_else(|| {
+            Failure::permanent(format!("no mapping for topic {}", message.topic()))
+        })?;
+        let payload = message
+            .payload()
+            .ok_or_else(|| Failure::permanent("the record has no value"))?;
+        let mut backoff = Backoff::new("notification_writer.decode");
         let value = loop {
             match self.registry.decode(payload).await {
                 Ok((value, _id)) => break value,
-                Err(e) if e.retriable => {
-                    tracing::warn!(error = %e, "schema registry unavailable; retrying");
-                    if !backoff.wait(shutdown).await {
-                        return None;
+                Err(e) if e.is_transient() => {
+                    if !backoff.wait(shutdown, &e).await {
+                        return Err(Failure::transient(
+                            "shutdown while the registry was unreachable",
+                        ));
                     }
                 }
-                Err(e) => return Some(Outcome::Poison(format!("undecodable: {}", e.message))),
+                Err(e) => return Err(Failure::of(&e).context("undecodable")),
             }
         };
         let headers = message.headers();
@@ -140,71 +175,77 @@ impl Writer {
             ce_id: headers.as_ref().and_then(|h| header_str(*h, CE_ID)),
             ce_time: headers.as_ref().and_then(|h| header_str(*h, CE_TIME)),
         };
-        Some(match mapping.to_row(avro_to_json(&value), &origin) {
-            Ok(row) => Outcome::Row(row),
-            Err(e) => Outcome::Poison(format!("schema mismatch: {e}")),
-        })
+        mapping
+            .to_row(avro_to_json(&value), &origin)
+            .map_err(|e| Failure::permanent(format!("schema mismatch: {e}")))
     }
 
-    async fn dead_letter(
+    /// Dead-letters one record; false when shutdown interrupted it.
+    async fn park(
         &self,
         message: &BorrowedMessage<'_>,
-        error: &str,
+        failure: &Failure,
         shutdown: &CancellationToken,
-    ) -> anyhow::Result<()> {
-        tracing::warn!(topic = message.topic(), partition = message.partition(), offset = message.offset(), %error, "dead-lettering a record");
-        let mut backoff = Backoff::new();
-        loop {
-            match self.dead_letter.send(message, error, 1).await {
-                Ok(_) => {
-                    metrics::counter!(DEAD_LETTERED, "topic" => message.topic().to_string())
-                        .increment(1);
-                    return Ok(());
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, "dead-letter produce failed; retrying");
-                    if !backoff.wait(shutdown).await {
-                        anyhow::bail!("shutdown while dead-lettering");
-                    }
-                }
-            }
+    ) -> bool {
+        let parked = self
+            .dead_letter
+            .park(
+                message,
+                &RecordOrigin::of(message),
+                failure.message(),
+                1,
+                shutdown,
+            )
+            .await;
+        if parked {
+            metrics::counter!(DEAD_LETTERED, "topic" => message.topic().to_string()).increment(1);
         }
+        parked
     }
 
-    /// Inserts the batch (retrying until it commits or shutdown), then stores the offsets.
+    /// Writes the batch — splitting it around rows Postgres refuses, which are dead-lettered —
+    /// then stores its offsets. Transient failures are retried with offsets held.
     async fn flush(
         &self,
-        rows: &mut Vec<NewNotification>,
-        offsets: &mut OffsetBatch,
+        batch: &mut Batch<'_>,
         shutdown: &CancellationToken,
-    ) -> anyhow::Result<()> {
-        if offsets.is_empty() {
+    ) -> Result<(), Interrupted> {
+        if batch.offsets.is_empty() {
             return Ok(());
         }
-        let mut backoff = Backoff::new();
-        loop {
-            match self.insert(rows).await {
-                Ok(inserted) => {
-                    metrics::counter!(ROWS_INSERTED).increment(inserted);
-                    metrics::histogram!(BATCH_ROWS).record(rows.len() as f64);
-                    break;
-                }
-                Err(e) => {
-                    metrics::counter!(DB_RETRIES).increment(1);
-                    tracing::warn!(error = %e, rows = rows.len(), "writing the batch failed; offsets stay put, retrying");
-                    if !backoff.wait(shutdown).await {
-                        return Ok(());
-                    }
-                }
-            }
+        if !batch.rows.is_empty() {
+            metrics::histogram!(BATCH_ROWS).record(batch.rows.len() as f64);
         }
-        if let Err(e) = offsets.store(&self.consumer) {
+        let rows = &batch.rows;
+        let sources = &batch.sources;
+        let written = write_splitting(
+            rows.len(),
+            shutdown,
+            "notification_writer.insert",
+            |range| async move {
+                let result = self.insert(&rows[range]).await;
+                match &result {
+                    Ok(inserted) => metrics::counter!(ROWS_INSERTED).increment(*inserted),
+                    Err(e) if e.is_transient() => metrics::counter!(DB_RETRIES).increment(1),
+                    Err(_) => {}
+                }
+                result.map(|_| ())
+            },
+            |index, error| async move {
+                let failure = Failure::of(&error).context("user_notifications refused the row");
+                self.park(&sources[index], &failure, shutdown).await
+            },
+        )
+        .await;
+        if written.is_err() {
+            return Err(Interrupted);
+        }
+        if let Err(e) = batch.offsets.store(&self.consumer) {
             // A revoked partition cannot take the offset; its next owner re-reads and the
             // unique event id keeps the rows single.
             tracing::warn!(error = %e, "storing offsets failed");
         }
-        rows.clear();
-        *offsets = OffsetBatch::new();
+        batch.clear();
         Ok(())
     }
 
@@ -214,27 +255,5 @@ impl Writer {
         }
         let client = self.pool.get().await?;
         insert_batch(&**client, rows).await
-    }
-}
-
-/// Exponential backoff from 100 ms to 5 s that gives up when shutdown starts.
-struct Backoff {
-    next: Duration,
-}
-
-impl Backoff {
-    fn new() -> Self {
-        Self {
-            next: Duration::from_millis(100),
-        }
-    }
-
-    async fn wait(&mut self, shutdown: &CancellationToken) -> bool {
-        let delay = self.next;
-        self.next = (self.next * 2).min(Duration::from_secs(5));
-        tokio::select! {
-            _ = shutdown.cancelled() => false,
-            _ = tokio::time::sleep(delay) => true,
-        }
     }
 }

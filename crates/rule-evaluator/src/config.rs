@@ -8,6 +8,7 @@ use substrate_db::DbConfig;
 use substrate_kafka::KafkaConfig;
 use substrate_runtime::config::{require_listen, ConfigError, Validate};
 use substrate_runtime::telemetry::TelemetryConfig;
+use substrate_runtime::{LifecycleConfig, ServiceConfig};
 
 pub const DEFAULTS: &str = r#"
 rule_evaluator:
@@ -40,6 +41,18 @@ pub struct Config {
     pub database: DbConfig,
     #[serde(default)]
     pub telemetry: TelemetryConfig,
+    #[serde(default)]
+    pub lifecycle: LifecycleConfig,
+}
+
+impl ServiceConfig for Config {
+    fn telemetry(&self) -> &TelemetryConfig {
+        &self.telemetry
+    }
+
+    fn lifecycle(&self) -> &LifecycleConfig {
+        &self.lifecycle
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]

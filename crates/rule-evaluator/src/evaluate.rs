@@ -12,8 +12,9 @@ use serde_json::{json, Value as Json};
 use substrate_avro::{avro_to_json, Registry, TopicSchema};
 use substrate_kafka::consumer::OffsetBatch;
 use substrate_kafka::headers::{header_str, TRACEPARENT};
-use substrate_kafka::{CloudEvent, DeadLetter, ProduceError, Producer, TraceParent};
+use substrate_kafka::{CloudEvent, DeadLetter, Origin, Producer, TraceParent};
 use substrate_rules::{CeAttributes, Event};
+use substrate_runtime::failure::{Backoff, Classify, Failure};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
@@ -40,13 +41,6 @@ pub struct Evaluator {
     pub dispatch_schema: TopicSchema,
     pub unified_topic: String,
     pub unified_schema: TopicSchema,
-}
-
-enum Failure {
-    /// Broker or registry unavailable: retry the same event.
-    Transient(String),
-    /// The record itself is bad: dead-letter it.
-    Poison(String),
 }
 
 /// Events handled together: their effects are produced concurrently, then their offsets stored.
@@ -98,26 +92,36 @@ impl Evaluator {
     }
 
     /// Processes one event until its effects are acknowledged or it is dead-lettered; false when
-    /// shutdown interrupted the retries.
+    /// shutdown interrupted the retries. Transient failures (broker, registry) back off and retry
+    /// this event; permanent ones (an undecodable record, a request the broker refuses) send it
+    /// to the dead letter.
     async fn handle(&self, message: &BorrowedMessage<'_>, shutdown: &CancellationToken) -> bool {
-        let mut delay = Duration::from_millis(100);
+        let mut backoff = Backoff::new("rule_evaluator.event");
         loop {
             match self.process(message).await {
                 Ok(()) => return true,
-                Err(Failure::Poison(error)) => {
-                    tracing::warn!(topic = message.topic(), offset = message.offset(), %error, "dead-lettering");
-                    if self.dead_letter.send(message, &error, 1).await.is_ok() {
-                        metrics::counter!(DEAD_LETTERED).increment(1);
-                        return true;
+                Err(failure) if failure.is_transient() => {
+                    if !backoff.wait(shutdown, &failure).await {
+                        return false;
                     }
                 }
-                Err(Failure::Transient(error)) => tracing::warn!(%error, "retrying an event"),
+                Err(failure) => {
+                    let parked = self
+                        .dead_letter
+                        .park(
+                            message,
+                            &Origin::of(message),
+                            failure.message(),
+                            1,
+                            shutdown,
+                        )
+                        .await;
+                    if parked {
+                        metrics::counter!(DEAD_LETTERED).increment(1);
+                    }
+                    return parked;
+                }
             }
-            tokio::select! {
-                _ = shutdown.cancelled() => return false,
-                _ = tokio::time::sleep(delay) => {}
-            }
-            delay = (delay * 2).min(Duration::from_secs(5));
         }
     }
 
@@ -125,19 +129,17 @@ impl Evaluator {
         let topic = message.topic();
         let payload = message
             .payload()
-            .ok_or_else(|| Failure::Poison("the record has no value".into()))?;
-        let (value, schema_id) = self.registry.decode(payload).await.map_err(|e| {
-            if e.retriable {
-                Failure::Transient(e.to_string())
-            } else {
-                Failure::Poison(format!("undecodable: {}", e.message))
-            }
-        })?;
+            .ok_or_else(|| Failure::permanent("the record has no value"))?;
+        let (value, schema_id) = self
+            .registry
+            .decode(payload)
+            .await
+            .map_err(|e| Failure::of(&e).context("undecodable"))?;
         let schema = self
             .registry
             .writer_schema(schema_id)
             .await
-            .map_err(|e| Failure::Transient(e.to_string()))?;
+            .map_err(|e| Failure::of(&e).context("writer schema"))?;
         let headers = message.headers();
         let ce = headers.and_then(CloudEvent::from_headers);
         let json = avro_to_json(&value);
@@ -253,12 +255,12 @@ impl Evaluator {
     ) -> Result<(), Failure> {
         let value = schema
             .to_avro(&record)
-            .map_err(|e| Failure::Poison(format!("cannot build a {topic} record: {e}")))?;
+            .map_err(|e| Failure::permanent(format!("cannot build a {topic} record: {e}")))?;
         let bytes = self
             .registry
             .encode(topic, value)
             .await
-            .map_err(|e| Failure::Transient(e.to_string()))?;
+            .map_err(|e| Failure::of(&e).context(format!("encoding for {topic}")))?;
         let headers =
             CloudEvent::new(id, ce_type, "/event-substrate/rule-evaluator").to_headers(trace);
         let key = record
@@ -269,10 +271,7 @@ impl Evaluator {
             .send(topic, key.as_deref(), &bytes, headers)
             .await
             .map(|_| ())
-            .map_err(|e| match e {
-                ProduceError::Unavailable(m) => Failure::Transient(m),
-                ProduceError::Rejected(m) => Failure::Transient(format!("produce rejected: {m}")),
-            })
+            .map_err(|e| Failure::of(&e).context(format!("producing to {topic}")))
     }
 }
 

@@ -12,6 +12,7 @@ use std::time::Duration;
 use anyhow::Context;
 use substrate_avro::{Catalog, Registry};
 use substrate_kafka::{DeadLetter, Producer};
+use substrate_runtime::failure::{retry_transient, Stopped};
 use substrate_runtime::ops::{self, Readiness};
 use substrate_runtime::Shutdown;
 use tokio::net::TcpListener;
@@ -56,22 +57,21 @@ pub async fn serve(
 
     let store = store::Store::new(pool.clone());
     // Evaluate nothing before the rules are known: wait for the first load.
-    let Some(n) = substrate_runtime::retry::until_ok(
-        &shutdown.token(),
-        "loading rules",
-        Duration::from_millis(200),
-        || store.reload(),
-    )
+    let n = match retry_transient(&shutdown.token(), "rule_evaluator.load_rules", || {
+        store.reload()
+    })
     .await
-    else {
-        return Ok(());
+    {
+        Ok(n) => n,
+        Err(Stopped::Cancelled) => return Ok(()),
+        Err(Stopped::Permanent(e)) => anyhow::bail!("loading rules: {e}"),
     };
     tracing::info!(rules = n, "rules loaded");
     store::spawn_listener(
         store.clone(),
         config.database.url.clone(),
         Duration::from_secs(c.resync_secs),
-        shutdown.token(),
+        &shutdown,
     );
 
     let topics: Vec<&str> = c.topics.iter().map(String::as_str).collect();
@@ -82,7 +82,7 @@ pub async fn serve(
     let readiness = Readiness::new()
         .with_check("postgres", substrate_db::pool::ready_check(&pool))
         .with_check("kafka", producer.ready_check());
-    let ops_server = ops::spawn(listener, readiness, shutdown.token());
+    ops::spawn(listener, readiness, &shutdown);
 
     let evaluator = evaluate::Evaluator {
         consumer,
@@ -97,8 +97,7 @@ pub async fn serve(
     };
     let result = evaluator.run(shutdown.token()).await;
     shutdown.cancel();
-    let _ = tokio::task::spawn_blocking(move || producer.flush(Duration::from_secs(10))).await;
-    let _ = ops_server.await;
-    tracing::info!("rule-evaluator stopped");
+    producer.close(shutdown.grace()).await;
+    shutdown.drain().await;
     result
 }

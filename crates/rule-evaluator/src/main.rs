@@ -6,7 +6,6 @@ async fn main() -> std::process::ExitCode {
     substrate_runtime::run_service(
         "rule-evaluator",
         rule_evaluator::Config::load(),
-        |c| &c.telemetry,
         rule_evaluator::run,
     )
     .await

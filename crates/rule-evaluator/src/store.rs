@@ -11,7 +11,9 @@ use futures::StreamExt;
 use substrate_db::rules::{load_enabled, RuleRow, RULES_CHANGED};
 use substrate_db::Pool;
 use substrate_rules::{parse_condition, Expr, RuleSet};
+use substrate_runtime::Shutdown;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::AbortOnDropHandle;
 use uuid::Uuid;
 
 use crate::metrics::{RULES_LOADED, RULE_RELOADS};
@@ -142,9 +144,10 @@ pub fn spawn_listener(
     store: Arc<Store>,
     database_url: String,
     resync: Duration,
-    shutdown: CancellationToken,
+    lifecycle: &Shutdown,
 ) {
-    tokio::spawn(async move {
+    let shutdown = lifecycle.token();
+    lifecycle.spawn("rules listener", async move {
         while !shutdown.is_cancelled() {
             if let Err(error) = listen(&store, &database_url, resync, &shutdown).await {
                 tracing::warn!(%error, "rules listener lost its connection; reconnecting");
@@ -154,6 +157,7 @@ pub fn spawn_listener(
                 _ = tokio::time::sleep(Duration::from_secs(1)) => {}
             }
         }
+        Ok(())
     });
 }
 
@@ -166,7 +170,8 @@ async fn listen(
     let (client, mut connection) =
         tokio_postgres::connect(database_url, tokio_postgres::NoTls).await?;
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-    let driver = tokio::spawn(async move {
+    // Drives the connection; aborted when this function returns, however it returns.
+    let _driver = AbortOnDropHandle::new(tokio::spawn(async move {
         let mut messages = futures::stream::poll_fn(move |cx| connection.poll_message(cx));
         while let Some(message) = messages.next().await {
             match message {
@@ -177,7 +182,7 @@ async fn listen(
                 Err(_) => break,
             }
         }
-    });
+    }));
     client
         .batch_execute(&format!("LISTEN {RULES_CHANGED}"))
         .await?;
@@ -200,6 +205,5 @@ async fn listen(
             }
         }
     }
-    driver.abort();
     Ok(())
 }

@@ -104,10 +104,8 @@ pub fn parse_actions(value: &serde_json::Value, schema: &Schema) -> Result<Vec<A
                 event_type,
                 recipient_field,
             } => {
-                if event_type.split('.').count() < 2 {
-                    return Err(bad(format!(
-                        "event_type `{event_type}` must be domain.entity"
-                    )));
+                if !crate::names::is_event_type(event_type) {
+                    return Err(bad(crate::names::event_type_rule(event_type)));
                 }
                 if let Some(field) = recipient_field {
                     resolve(schema, field).map_err(|e| bad(format!("recipient_field: {e}")))?;
@@ -207,6 +205,10 @@ mod tests {
             (
                 json!([{"type": "kafka", "topic": "t", "extra": 1}]),
                 "unknown field `extra`",
+            ),
+            (
+                json!([{"type": "notification", "event_type": "commerce.vip-purchase"}]),
+                "event_type `commerce.vip-purchase` must be namespaced",
             ),
         ] {
             let err = parse_actions(&actions, &schema()).unwrap_err().to_string();

@@ -6,6 +6,7 @@
 pub mod actions;
 pub mod ast;
 pub mod compile;
+pub mod names;
 pub mod ruleset;
 pub mod schema;
 pub mod text;

@@ -1,27 +1,37 @@
 //! Process plumbing shared by every service: layered configuration, telemetry, shutdown and the
-//! health/metrics HTTP endpoints. It knows nothing about Kafka, Avro or Postgres.
+//! health/metrics HTTP endpoints, and the failure model (transient or permanent) every consumer
+//! uses. It knows nothing about Kafka, Avro or Postgres.
 
 pub mod config;
+pub mod failure;
 pub mod ops;
-pub mod retry;
 pub mod shutdown;
 pub mod telemetry;
 
 pub use config::{load_config, ConfigError, Validate};
-pub use shutdown::Shutdown;
+pub use failure::{Backoff, Class, Classify, Failure};
+pub use shutdown::{LifecycleConfig, Shutdown};
 
 use std::future::Future;
 use std::process::ExitCode;
 
+/// What every service's configuration has besides its own settings.
+pub trait ServiceConfig {
+    fn telemetry(&self) -> &telemetry::TelemetryConfig;
+    fn lifecycle(&self) -> &shutdown::LifecycleConfig;
+}
+
 /// The body of every service's `main`: report a configuration error (exit 2), set up logging,
-/// cancel on SIGTERM/SIGINT, run, and exit 0 after a clean drain or 1 after a failure.
+/// cancel on SIGTERM/SIGINT (a second signal exits at once), run, drain the tracked background
+/// tasks within the configured grace, and exit 0 after a clean stop or 1 after a failure (of
+/// `run` or of any background task).
 pub async fn run_service<C, Fut>(
     name: &'static str,
     config: Result<C, ConfigError>,
-    telemetry_of: impl FnOnce(&C) -> &telemetry::TelemetryConfig,
     run: impl FnOnce(C, Shutdown) -> Fut,
 ) -> ExitCode
 where
+    C: ServiceConfig,
     Fut: Future<Output = anyhow::Result<()>>,
 {
     let config = match config {
@@ -31,11 +41,18 @@ where
             return ExitCode::from(2);
         }
     };
-    telemetry::init(telemetry_of(&config));
-    let shutdown = Shutdown::new();
+    telemetry::init(config.telemetry());
+    let shutdown = Shutdown::new(config.lifecycle().grace());
     shutdown.cancel_on_signals();
-    match run(config, shutdown).await {
-        Ok(()) => ExitCode::SUCCESS,
+    let result = run(config, shutdown.clone()).await;
+    shutdown.cancel();
+    shutdown.drain().await;
+    match result {
+        Ok(()) if !shutdown.failed() => {
+            tracing::info!("{name} stopped");
+            ExitCode::SUCCESS
+        }
+        Ok(()) => ExitCode::FAILURE,
         Err(e) => {
             tracing::error!(error = format!("{e:#}"), "{name} failed");
             ExitCode::FAILURE

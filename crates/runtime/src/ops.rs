@@ -108,17 +108,19 @@ pub fn router(readiness: Readiness) -> Router {
         .with_state(state)
 }
 
-/// Serves [`router`] on `listener` in the background until `shutdown` (services whose only HTTP
-/// surface is the operational one).
+/// Serves [`router`] on `listener` as a tracked background task until shutdown (services whose
+/// only HTTP surface is the operational one).
 pub fn spawn(
     listener: tokio::net::TcpListener,
     readiness: Readiness,
-    shutdown: tokio_util::sync::CancellationToken,
-) -> tokio::task::JoinHandle<std::io::Result<()>> {
-    tokio::spawn(async move {
+    shutdown: &crate::Shutdown,
+) -> tokio::task::JoinHandle<()> {
+    let token = shutdown.token();
+    shutdown.spawn("ops http", async move {
         axum::serve(listener, router(readiness))
-            .with_graceful_shutdown(async move { shutdown.cancelled().await })
-            .await
+            .with_graceful_shutdown(async move { token.cancelled().await })
+            .await?;
+        Ok(())
     })
 }
 

@@ -7,6 +7,7 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use aws_sdk_s3::primitives::ByteStream;
+use substrate_runtime::Shutdown;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::config::ArchiveConfig;
@@ -33,12 +34,18 @@ pub struct Archiver {
 
 impl Archiver {
     /// Starts the batching task; without a client every archive fails permanently.
-    pub fn start(client: Option<aws_sdk_s3::Client>, config: ArchiveConfig) -> Self {
+    /// The batcher and its writes are tracked by `shutdown`: the drain waits for objects
+    /// being written.
+    pub fn start(
+        client: Option<aws_sdk_s3::Client>,
+        config: ArchiveConfig,
+        shutdown: &Shutdown,
+    ) -> Self {
         let Some(client) = client else {
             return Self { tx: None };
         };
         let (tx, rx) = mpsc::channel(4096);
-        tokio::spawn(batcher(client, config, rx));
+        shutdown.spawn_work(batcher(client, config, rx, shutdown.clone()));
         Self { tx: Some(tx) }
     }
 
@@ -89,7 +96,12 @@ struct Batch {
     since: Instant,
 }
 
-async fn batcher(client: aws_sdk_s3::Client, config: ArchiveConfig, mut rx: mpsc::Receiver<Item>) {
+async fn batcher(
+    client: aws_sdk_s3::Client,
+    config: ArchiveConfig,
+    mut rx: mpsc::Receiver<Item>,
+    shutdown: Shutdown,
+) {
     let max_wait = Duration::from_millis(config.max_wait_ms);
     let mut batches: HashMap<(String, String), Batch> = HashMap::new();
     loop {
@@ -106,7 +118,7 @@ async fn batcher(client: aws_sdk_s3::Client, config: ArchiveConfig, mut rx: mpsc
                         .collect();
                     for key in due {
                         if let Some(batch) = batches.remove(&key) {
-                            flush(&client, key, batch);
+                            flush(&client, key, batch, &shutdown);
                         }
                     }
                     continue;
@@ -116,7 +128,7 @@ async fn batcher(client: aws_sdk_s3::Client, config: ArchiveConfig, mut rx: mpsc
         };
         let Some(item) = item else {
             for (key, batch) in batches.drain() {
-                flush(&client, key, batch);
+                flush(&client, key, batch, &shutdown);
             }
             return;
         };
@@ -130,16 +142,21 @@ async fn batcher(client: aws_sdk_s3::Client, config: ArchiveConfig, mut rx: mpsc
         batch.waiters.push(item.done);
         if batch.waiters.len() >= config.max_records || batch.body.len() >= config.max_bytes {
             if let Some(batch) = batches.remove(&key) {
-                flush(&client, key, batch);
+                flush(&client, key, batch, &shutdown);
             }
         }
     }
 }
 
 /// Writes one object in the background and tells every waiter how it went.
-fn flush(client: &aws_sdk_s3::Client, (bucket, dir): (String, String), batch: Batch) {
+fn flush(
+    client: &aws_sdk_s3::Client,
+    (bucket, dir): (String, String),
+    batch: Batch,
+    shutdown: &Shutdown,
+) {
     let client = client.clone();
-    tokio::spawn(async move {
+    shutdown.spawn_work(async move {
         let now = chrono::Utc::now();
         let key = format!(
             "{dir}/{}-{}.ndjson",

@@ -105,6 +105,12 @@ impl KafkaSink {
         recipient_field: Option<&str>,
         request: &Request,
     ) -> Outcome {
+        if !substrate_rules::names::is_event_type(event_type) {
+            // The notification table would refuse it: say so here, once.
+            return Outcome::Permanent {
+                reason: substrate_rules::names::event_type_rule(event_type),
+            };
+        }
         let recipient = match recipient_field {
             None => None,
             Some(field) => {

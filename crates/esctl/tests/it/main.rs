@@ -102,6 +102,11 @@ fn save_refuses_invalid_rules_before_touching_the_database() {
             "unknown field `nope`",
         ),
         ("purchase.amount > 5", "[]", "non-empty"),
+        (
+            "purchase.amount > 5",
+            r#"[{"type":"notification","event_type":"commerce.vip-purchase"}]"#,
+            "event_type `commerce.vip-purchase` must be namespaced",
+        ),
     ] {
         let (ok, _, stderr) = esctl(
             &[

@@ -143,7 +143,7 @@ async fn rules_hot_reload_and_produce_dispatch_requests() {
         substrate_runtime::config::load_config_from(rule_evaluator::config::DEFAULTS, &yaml)
             .unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let shutdown = Shutdown::new();
+    let shutdown = Shutdown::default();
     let evaluator = tokio::spawn(rule_evaluator::serve(config, listener, shutdown.clone()));
 
     let db = stack.db().await;

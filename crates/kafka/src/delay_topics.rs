@@ -1,36 +1,20 @@
 //! Retries that never block a partition. A record whose processing failed in a way worth
 //! retrying is re-produced, bytes untouched, to a delay topic (`<prefix>.<delay>`, e.g.
 //! `internal.dispatch.retry.30s`) with headers counting the attempts and naming when it is due;
-//! when the schedule is spent it goes to the dead-letter topic instead. Consumers of delay topics
-//! use [`DelayGate`]: a record that is not yet due pauses its partition (rewound to that record)
-//! until it is, so nothing sleeps per record and other partitions keep flowing. Every record of a
-//! delay topic waits the same delay, so due times grow along a partition and the head record
-//! decides for all behind it.
+//! when the schedule is spent, or the failure is permanent, it goes to the dead-letter topic.
+//! Consumers of delay topics hold records back with [`crate::delay_gate::DelayGate`].
 
-use std::collections::{BTreeSet, HashMap};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use rdkafka::consumer::Consumer;
 use rdkafka::message::{Header, Message};
-use rdkafka::util::Timeout;
-use rdkafka::{Offset, TopicPartitionList};
 
-use crate::dead_letter::{copy_headers, DeadLetter, Origin};
+use crate::dead_letter::DeadLetter;
 use crate::headers::header_str;
+use crate::origin::{
+    copy_headers, Origin, RETRY_ATTEMPTS, RETRY_DUE_MS, RETRY_ERROR, RETRY_HEADER_PREFIX,
+    RETRY_ORIGIN_OFFSET, RETRY_ORIGIN_PARTITION, RETRY_ORIGIN_TOPIC,
+};
 use crate::producer::{ProduceError, Producer};
-
-/// Every retry header starts with this (so a replay can drop them all).
-pub const HEADER_PREFIX: &str = "retry_";
-/// Attempts already made when the record was re-produced.
-pub const RETRY_ATTEMPTS: &str = "retry_attempts";
-/// Epoch milliseconds from which the record may be processed again.
-pub const RETRY_DUE_MS: &str = "retry_due_ms";
-/// Why the last attempt failed.
-pub const RETRY_ERROR: &str = "retry_error";
-pub const RETRY_ORIGIN_TOPIC: &str = "retry_origin_topic";
-pub const RETRY_ORIGIN_PARTITION: &str = "retry_origin_partition";
-pub const RETRY_ORIGIN_OFFSET: &str = "retry_origin_offset";
 
 /// The retry schedule: one delay per retry, each with its own topic.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -209,6 +193,10 @@ impl Retrier {
         self.dead_letter.topic()
     }
 
+    pub fn dead_letter(&self) -> &DeadLetter {
+        &self.dead_letter
+    }
+
     /// After attempt `state.attempt()` failed with a retriable `error`.
     pub async fn retry<M: Message>(
         &self,
@@ -226,7 +214,7 @@ impl Retrier {
             return Ok(Routed::DeadLetter);
         };
         let due_ms = chrono::Utc::now().timestamp_millis() + delay.as_millis() as i64;
-        let mut headers = copy_headers(message, &[HEADER_PREFIX]);
+        let mut headers = copy_headers(message, &[RETRY_HEADER_PREFIX]);
         let made_text = made.to_string();
         let due_text = due_ms.to_string();
         let partition = state.origin.partition.to_string();
@@ -267,124 +255,6 @@ impl Retrier {
             .send_from(message, &state.origin, error, state.attempt())
             .await?;
         Ok(Routed::DeadLetter)
-    }
-}
-
-/// Holds back records of delay topics until they are due by pausing their partition.
-pub struct DelayGate<C: Consumer + Send + Sync + 'static> {
-    consumer: Arc<C>,
-    /// Partitions paused and rewound to this offset; later records still buffered are stale.
-    paused_at: Mutex<HashMap<(String, i32), i64>>,
-}
-
-/// What to do with a record read from a delay topic.
-#[derive(Debug, PartialEq, Eq)]
-pub enum Gate {
-    /// Process it now.
-    Due,
-    /// Not yet: the partition is paused and will be read again from this record.
-    Held,
-    /// A record read ahead of a held one; it will be read again after the partition resumes.
-    Stale,
-}
-
-impl<C: Consumer + Send + Sync + 'static> DelayGate<C> {
-    pub fn new(consumer: Arc<C>) -> Self {
-        Self {
-            consumer,
-            paused_at: Mutex::new(HashMap::new()),
-        }
-    }
-
-    /// Decides for `message`; when it is not due, pauses its partition, rewinds to it, and
-    /// resumes the partition when it is due.
-    pub fn check<M: Message>(&self, message: &M, due_ms: Option<i64>) -> Gate {
-        let key = (message.topic().to_string(), message.partition());
-        let mut paused = self.paused_at.lock().expect("delay gate lock");
-        if let Some(at) = paused.get(&key) {
-            if message.offset() > *at {
-                return Gate::Stale;
-            }
-            paused.remove(&key);
-        }
-        let now = chrono::Utc::now().timestamp_millis();
-        let Some(due) = due_ms.filter(|due| *due > now) else {
-            return Gate::Due;
-        };
-        let mut list = TopicPartitionList::new();
-        list.add_partition(message.topic(), message.partition());
-        if let Err(e) = self.consumer.pause(&list) {
-            tracing::warn!(topic = message.topic(), partition = message.partition(), error = %e, "pausing a delay partition failed");
-        }
-        if let Err(e) = self.consumer.seek(
-            message.topic(),
-            message.partition(),
-            Offset::Offset(message.offset()),
-            Timeout::After(Duration::from_secs(5)),
-        ) {
-            tracing::warn!(topic = message.topic(), partition = message.partition(), error = %e, "rewinding a delay partition failed");
-        }
-        paused.insert(key, message.offset());
-        let consumer = self.consumer.clone();
-        let wait = Duration::from_millis((due - now) as u64);
-        tokio::spawn(async move {
-            tokio::time::sleep(wait).await;
-            if let Err(e) = consumer.resume(&list) {
-                tracing::debug!(error = %e, "resuming a delay partition failed (revoked?)");
-            }
-        });
-        Gate::Held
-    }
-}
-
-/// Offsets handed to concurrent tasks, and the offset that may be stored: everything below the
-/// lowest offset still in flight (or above the highest finished one) is done.
-#[derive(Debug, Default)]
-pub struct InFlight {
-    partitions: HashMap<(String, i32), PartitionProgress>,
-}
-
-#[derive(Debug, Default)]
-struct PartitionProgress {
-    pending: BTreeSet<i64>,
-    next_done: i64,
-    stored: i64,
-}
-
-impl InFlight {
-    pub fn begin(&mut self, topic: &str, partition: i32, offset: i64) {
-        let progress = self
-            .partitions
-            .entry((topic.to_string(), partition))
-            .or_insert_with(|| PartitionProgress {
-                stored: offset,
-                next_done: offset,
-                ..Default::default()
-            });
-        progress.pending.insert(offset);
-    }
-
-    /// Marks `offset` finished; returns the next offset to store when it advanced.
-    pub fn finish(&mut self, topic: &str, partition: i32, offset: i64) -> Option<i64> {
-        let progress = self.partitions.get_mut(&(topic.to_string(), partition))?;
-        progress.pending.remove(&offset);
-        progress.next_done = progress.next_done.max(offset + 1);
-        let storable = progress
-            .pending
-            .first()
-            .copied()
-            .unwrap_or(progress.next_done);
-        if storable > progress.stored {
-            progress.stored = storable;
-            Some(storable)
-        } else {
-            None
-        }
-    }
-
-    /// Records still in flight.
-    pub fn pending(&self) -> usize {
-        self.partitions.values().map(|p| p.pending.len()).sum()
     }
 }
 
@@ -436,18 +306,5 @@ mod tests {
         assert!(Schedule::parse("p", &["5d".into()]).is_err());
         assert!(Schedule::parse("p", &["0s".into()]).is_err());
         assert!(Schedule::parse("p", &["1m".into(), "5s".into()]).is_err());
-    }
-
-    #[test]
-    fn in_flight_stores_below_the_lowest_pending() {
-        let mut f = InFlight::default();
-        for o in 10..14 {
-            f.begin("t", 0, o);
-        }
-        assert_eq!(f.finish("t", 0, 11), None, "10 is still pending");
-        assert_eq!(f.finish("t", 0, 10), Some(12));
-        assert_eq!(f.finish("t", 0, 13), None, "12 is still pending");
-        assert_eq!(f.finish("t", 0, 12), Some(14));
-        assert_eq!(f.pending(), 0);
     }
 }
