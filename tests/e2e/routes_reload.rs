@@ -1,5 +1,7 @@
 //! routes.yaml hot reload: adding and removing routes takes effect without a restart, a broken
 //! file keeps the last good table, and a Kubernetes-style ConfigMap symlink swap is followed.
+//! The gateways here never poll (`routes_poll_secs: 0`): only file-system events reload, and a
+//! refused edit is observed through the reload metric rather than waited for.
 
 use std::path::Path;
 use std::time::Duration;
@@ -45,6 +47,38 @@ async fn until_status(gw: &TestGateway, token: &str, name: &str, expected: u16) 
     .unwrap();
 }
 
+const NO_POLLING: &str = "gateway:\n  routes_poll_secs: 0\n";
+
+/// `gateway_routes_reloads_total{result, file}` as the gateway's /metrics shows it.
+async fn reloads(gw: &TestGateway, file: &Path, result: &str) -> u64 {
+    let text = crate::harness::http()
+        .get(format!("{}/metrics", gw.url))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let file = file.display().to_string();
+    text.lines()
+        .filter(|l| l.starts_with("gateway_routes_reloads_total{"))
+        .filter(|l| l.contains(&format!("result=\"{result}\"")))
+        .filter(|l| l.contains(&format!("file=\"{file}\"")))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .map(|v| v as u64)
+        .sum()
+}
+
+async fn until_reloads(gw: &TestGateway, file: &Path, result: &str, at_least: u64) {
+    eventually(
+        Duration::from_secs(10),
+        &format!("{at_least} {result} reloads of {}", file.display()),
+        || async { (reloads(gw, file, result).await >= at_least).then_some(()) },
+    )
+    .await
+    .unwrap();
+}
+
 fn temp_dir() -> std::path::PathBuf {
     let dir = std::env::temp_dir().join(unique("routes"));
     std::fs::create_dir_all(&dir).unwrap();
@@ -57,7 +91,7 @@ async fn routes_are_added_removed_and_bad_edits_ignored() {
     let dir = temp_dir();
     let file = dir.join("routes.yaml");
     std::fs::write(&file, table(&["alpha"])).unwrap();
-    let gw = TestGateway::start(&stack, &file, "").await;
+    let gw = TestGateway::start(&stack, &file, NO_POLLING).await;
     let token = stack.token(Uuid::new_v4(), "reload@example.com");
 
     assert_eq!(status_of(&gw, &token, "alpha").await, 202);
@@ -72,14 +106,14 @@ async fn routes_are_added_removed_and_bad_edits_ignored() {
     // Broken YAML, then a valid YAML naming a topic without a schema: both are refused and the
     // last good table stays.
     std::fs::write(&file, "routes: [oops").unwrap();
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    until_reloads(&gw, &file, "invalid", 1).await;
     assert_eq!(status_of(&gw, &token, "beta").await, 202);
     std::fs::write(
         &file,
         "routes:\n  gamma:\n    topic: no.such.topic\n    event_type: a.b\n    auth: jwt\n",
     )
     .unwrap();
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    until_reloads(&gw, &file, "invalid", 2).await;
     assert_eq!(status_of(&gw, &token, "beta").await, 202);
     assert_eq!(status_of(&gw, &token, "gamma").await, 404);
 
@@ -102,7 +136,7 @@ async fn configmap_symlink_swap_is_followed() {
     symlink(Path::new("..2026_11_25_v1"), &dir.join("..data"));
     symlink(Path::new("..data/routes.yaml"), &dir.join("routes.yaml"));
 
-    let gw = TestGateway::start(&stack, &dir.join("routes.yaml"), "").await;
+    let gw = TestGateway::start(&stack, &dir.join("routes.yaml"), NO_POLLING).await;
     let token = stack.token(Uuid::new_v4(), "cm@example.com");
     assert_eq!(status_of(&gw, &token, "one").await, 202);
 

@@ -1,6 +1,7 @@
 //! The notification-writer's failure handling with a writer of the test's own (own topic, group
 //! and event type): poison records go to the dead-letter topic with their origin in headers
-//! while the partition moves on; a Postgres outage moves no offset and the writer resumes.
+//! while the partition moves on; a batch Postgres refuses is split so that only the refused row
+//! is dead-lettered; a Postgres outage moves no offset and the writer resumes.
 
 use std::time::Duration;
 
@@ -132,6 +133,72 @@ async fn poison_records_are_dead_lettered_and_the_partition_moves_on() {
     );
     assert_eq!(dead[1].payload(), Some(&bad[..]));
 
+    writer.shutdown.cancel();
+    writer.handle.await.unwrap().unwrap();
+}
+
+#[tokio::test]
+async fn a_refused_row_is_split_out_of_its_batch_and_dead_lettered() {
+    let stack = Stack::load();
+    let topic = unique("test.writer.split");
+    let dlq = unique("test.writer.dlq");
+    let event_type = format!("test.split_{}", &Uuid::new_v4().simple().to_string()[..8]);
+    message_topic(&stack, &topic, 1).await;
+    stack.create_topic(&dlq, 1).await;
+    let producer = producer(&stack);
+    // Nine records in one partition before the writer starts, so they are read as one batch;
+    // the fifth holds a NUL, which `jsonb` refuses (SQLSTATE 22P05).
+    for i in 0..9 {
+        let text = if i == 4 {
+            "refused\u{0}row".to_string()
+        } else {
+            format!("row {i}")
+        };
+        let payload =
+            encode_message(&stack, &topic, &message_event(Uuid::new_v4(), None, &text)).await;
+        send(&producer, &topic, &payload, None).await;
+    }
+    let writer = start_writer(&stack, &topic, &dlq, &event_type, &stack.database_url).await;
+    let db = stack.db().await;
+    eventually(
+        Duration::from_secs(30),
+        "the eight storable rows",
+        || async { (count_rows(&db, &event_type).await == 8).then_some(()) },
+    )
+    .await
+    .unwrap();
+
+    let consumer = stack.consumer(&dlq);
+    let dead = tokio::time::timeout(Duration::from_secs(30), consumer.recv())
+        .await
+        .expect("the refused row is dead-lettered")
+        .unwrap()
+        .detach();
+    let header = |k: &str| {
+        substrate_kafka::headers::header_str(dead.headers().unwrap(), k)
+            .unwrap()
+            .to_string()
+    };
+    assert_eq!(header("dlq_source_offset"), "4");
+    let error = header("dlq_error");
+    assert!(
+        error.contains("22P05") && error.contains("user_notifications refused the row"),
+        "the database's own code and message: {error}"
+    );
+    // Only that row: nothing else arrives and the rows stay at eight.
+    assert!(
+        tokio::time::timeout(Duration::from_secs(2), consumer.recv())
+            .await
+            .is_err(),
+        "exactly one dead letter"
+    );
+    assert_eq!(count_rows(&db, &event_type).await, 8);
+    let metrics = substrate_runtime::ops::metrics_handle().render();
+    assert!(
+        metrics.lines().any(|l| l
+            .starts_with("substrate_batch_splits_total{operation=\"notification_writer.insert\"}")),
+        "the batch was split to find the row: {metrics}"
+    );
     writer.shutdown.cancel();
     writer.handle.await.unwrap().unwrap();
 }

@@ -9,7 +9,7 @@ pub const REQUEST_SECONDS: &str = "gateway_request_duration_seconds";
 pub const REJECTED: &str = "gateway_rejected_total";
 /// Counter: events acknowledged by the broker by `route`.
 pub const EVENTS_ACCEPTED: &str = "gateway_events_accepted_total";
-/// Counter: routes.yaml reloads by `result` (`applied`, `invalid`).
+/// Counter: routes.yaml reloads by `result` (`applied`, `invalid`) and `file`.
 pub const ROUTES_RELOADS: &str = "gateway_routes_reloads_total";
 
 pub fn describe() {

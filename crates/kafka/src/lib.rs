@@ -12,6 +12,7 @@ pub mod headers;
 pub mod in_flight;
 pub mod origin;
 pub mod producer;
+pub mod progress;
 pub mod worker;
 
 pub use config::KafkaConfig;

@@ -4,41 +4,76 @@
 //! it starts. Each one is handled in one transaction that locks the deadline (other instances
 //! skip it) and the saga, produces its results, and only then marks it fired: a crash before the
 //! commit undoes the database changes and the deadline fires again with the same event ids.
+//!
+//! An upload's TTL fires only once every arrival written before it fell due has been read: after
+//! downtime the arrivals wait in `upload.received`, and an upload that arrived in time must not be
+//! expired because the timer ran before the backlog. The consumer group's committed offsets,
+//! compared with the first record at the deadline's time in each partition, say when that is
+//! ([`GroupProgress`]); the arrival's time is the record's timestamp, set where it was observed
+//! (the upload-complete call, the S3 event).
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::json;
+use substrate_kafka::progress::GroupProgress;
 use substrate_kafka::TraceParent;
 use substrate_runtime::failure::Classify;
 use uuid::Uuid;
 
 use crate::emit::Topic;
-use crate::metrics::{DEADLINES_FIRED, FINISHED};
+use crate::metrics::{DEADLINES_FIRED, DEADLINES_HELD, FINISHED};
 use crate::saga::{db, lock_saga, state, Engine, StepError};
 
 /// Looks for due deadlines every `poll` until shutdown. A deadline whose handling fails
 /// transiently stays due and is tried at the next poll; one that fails permanently (its results
 /// can never be produced) is marked fired with the error logged, so it is not retried forever.
-pub async fn run(engine: Arc<Engine>, poll: Duration) -> anyhow::Result<()> {
+pub async fn run(
+    engine: Arc<Engine>,
+    arrivals: Arc<GroupProgress>,
+    poll: Duration,
+) -> anyhow::Result<()> {
     let shutdown = engine.shutdown.token();
     loop {
         match due(&engine).await {
             Ok(deadlines) => {
                 let full = deadlines.len() >= BATCH as usize;
-                for (request, kind) in deadlines {
+                let oldest_ttl = deadlines
+                    .iter()
+                    .filter(|d| d.kind == UPLOAD_TTL)
+                    .map(|d| d.due_ms)
+                    .min();
+                let read_until = match oldest_ttl {
+                    Some(oldest) => arrivals_read_until(&arrivals, oldest).await,
+                    None => None,
+                };
+                let mut held = 0;
+                for deadline in deadlines {
                     if shutdown.is_cancelled() {
                         return Ok(());
                     }
-                    match fire(&engine, request, &kind).await {
+                    if deadline.kind == UPLOAD_TTL
+                        && read_until.is_none_or(|until| deadline.due_ms > until)
+                    {
+                        held += 1;
+                        continue;
+                    }
+                    let (request, kind) = (deadline.request, deadline.kind.as_str());
+                    match fire(&engine, request, kind).await {
                         Ok(()) => {}
                         Err(error) if error.is_transient() => {
                             tracing::warn!(%request, %kind, %error, "handling a deadline failed; it stays due")
                         }
-                        Err(error) => abandon(&engine, request, &kind, &error).await,
+                        Err(error) => abandon(&engine, request, kind, &error).await,
                     }
                 }
-                if full {
+                metrics::gauge!(DEADLINES_HELD).set(held as f64);
+                if held > 0 {
+                    tracing::debug!(
+                        held,
+                        "upload TTLs wait until the arrivals written before them are read"
+                    );
+                } else if full {
                     continue;
                 }
             }
@@ -47,6 +82,34 @@ pub async fn run(engine: Arc<Engine>, poll: Duration) -> anyhow::Result<()> {
         tokio::select! {
             _ = shutdown.cancelled() => return Ok(()),
             _ = tokio::time::sleep(poll) => {}
+        }
+    }
+}
+
+/// The latest time before which every arrival is known to be read: now when the group has read
+/// everything, else `oldest` (the oldest due TTL) when it has read that far; `None` when it has
+/// not, or the broker cannot tell (the TTLs wait: firing early would expire arrived uploads).
+async fn arrivals_read_until(arrivals: &Arc<GroupProgress>, oldest: i64) -> Option<i64> {
+    let arrivals = arrivals.clone();
+    let now = chrono::Utc::now().timestamp_millis();
+    let checked = tokio::task::spawn_blocking(move || {
+        for until in [now, oldest] {
+            if arrivals.processed_before(until, Duration::from_secs(5))? {
+                return Ok(Some(until));
+            }
+        }
+        Ok::<_, rdkafka::error::KafkaError>(None)
+    })
+    .await;
+    match checked {
+        Ok(Ok(until)) => until,
+        Ok(Err(e)) => {
+            tracing::warn!(error = %e, "cannot tell how far the arrivals are read; upload TTLs wait");
+            None
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "checking the arrivals failed; upload TTLs wait");
+            None
         }
     }
 }
@@ -75,18 +138,35 @@ async fn abandon(engine: &Engine, request: Uuid, kind: &str, error: &StepError) 
 
 const BATCH: i64 = 256;
 
-async fn due(engine: &Engine) -> Result<Vec<(Uuid, String)>, StepError> {
+const UPLOAD_TTL: &str = "upload_ttl";
+
+struct Due {
+    request: Uuid,
+    kind: String,
+    due_ms: i64,
+}
+
+async fn due(engine: &Engine) -> Result<Vec<Due>, StepError> {
     let client = engine.pool.get().await.map_err(db)?;
     let rows = client
         .query(
-            "SELECT request_id, kind FROM public.media_deadlines
+            "SELECT request_id, kind, due_at FROM public.media_deadlines
              WHERE scope = $2 AND fired_at IS NULL AND due_at <= now()
              ORDER BY due_at LIMIT $1",
             &[&BATCH, &engine.config.topic_prefix],
         )
         .await
         .map_err(db)?;
-    Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+    Ok(rows
+        .iter()
+        .map(|r| Due {
+            request: r.get(0),
+            kind: r.get(1),
+            due_ms: r
+                .get::<_, chrono::DateTime<chrono::Utc>>(2)
+                .timestamp_millis(),
+        })
+        .collect())
 }
 
 async fn fire(engine: &Engine, request: Uuid, kind: &str) -> Result<(), StepError> {

@@ -134,9 +134,19 @@ pub async fn serve(
             .await?;
         Ok(())
     });
+    let arrivals = substrate_kafka::progress::GroupProgress::new(
+        &config.kafka,
+        &c.group_id,
+        &topics.name(Topic::UploadReceived),
+    )
+    .context("creating the arrivals progress client")?;
     shutdown.spawn(
         "deadlines",
-        deadlines::run(engine.clone(), Duration::from_millis(c.deadline_poll_ms)),
+        deadlines::run(
+            engine.clone(),
+            Arc::new(arrivals),
+            Duration::from_millis(c.deadline_poll_ms),
+        ),
     );
 
     let handler = {

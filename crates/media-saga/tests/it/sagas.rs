@@ -337,3 +337,82 @@ async fn a_failed_move_is_retried_and_a_persistent_failure_is_dead_lettered() {
     assert_eq!(substrate_db::media::ledger_sum(&db, user).await.unwrap(), 9);
     saga.stop().await;
 }
+
+/// After downtime the arrivals wait in `upload.received`: an upload that arrived before its
+/// TTL fell due is confirmed once the saga is back, not expired and refunded because the timer
+/// ran before the backlog was read.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_arrival_written_before_the_ttl_wins_over_the_timer_after_downtime() {
+    let mut setup = Setup::new().await;
+    setup.ttl_secs = 3;
+    let saga = setup.start().await;
+    let out = setup.collect();
+    let producer = setup.producer();
+    let db = setup.stack.db().await;
+    let user = Uuid::new_v4();
+    let content = bytes(1024, 3);
+
+    let request = setup
+        .intent(&producer, user, "late.png", content.len())
+        .await;
+    let signed = out.wait(Topic::UploadSigned, request, WAIT).await;
+    assert!(put(
+        signed["upload_url"].as_str().unwrap(),
+        content.clone(),
+        "image/png"
+    )
+    .await
+    .is_success());
+    saga.stop().await;
+
+    // The upload is complete while the saga is down: the arrival is written (as the gateway's
+    // upload-complete does) before the TTL falls due.
+    let arrival = json!({"request_id": request, "user_id": user,
+        "file_path": signed["file_path"], "permanent_path": format!("files/{user}/{request}/late.png"),
+        "size": content.len(), "content_type": "image/png", "source": "upload-complete",
+        "retry_count": 0});
+    setup
+        .produce(&producer, Topic::UploadReceived, &arrival)
+        .await;
+    // The TTL falls due while the saga is still down.
+    eventually(WAIT, "the upload TTL to fall due", || async {
+        let due: bool = db
+            .query_one(
+                "SELECT bool_or(due_at <= now()) FROM public.media_deadlines
+                 WHERE request_id = $1 AND kind = 'upload_ttl'",
+                &[&request],
+            )
+            .await
+            .unwrap()
+            .get::<_, Option<bool>>(0)
+            .unwrap_or(false);
+        due.then_some(())
+    })
+    .await
+    .unwrap();
+    assert_eq!(saga_state(&db, request).await.as_deref(), Some("signed"));
+
+    let saga = setup.start().await;
+    out.wait(Topic::UploadConfirmed, request, WAIT).await;
+    assert_eq!(saga_state(&db, request).await.as_deref(), Some("confirmed"));
+    assert!(
+        out.of(Topic::Expired, request).is_empty(),
+        "the upload was not expired"
+    );
+    assert_eq!(ledger_rows(&db, request, "refund").await, 0, "no refund");
+    assert_eq!(
+        substrate_db::media::balance(&db, user).await.unwrap(),
+        Some(9),
+        "charged once, not refunded"
+    );
+    let left: i64 = db
+        .query_one(
+            "SELECT count(*) FROM public.media_deadlines WHERE request_id = $1",
+            &[&request],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(left, 0, "no deadline left to fire later");
+    saga.stop().await;
+}
