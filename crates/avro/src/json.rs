@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use apache_avro::schema::{Name, Namespace, ResolvedSchema};
 use apache_avro::types::Value;
 use apache_avro::Schema;
-use chrono::{DateTime, NaiveDate, SecondsFormat, Utc};
+use chrono::{DateTime, Datelike, NaiveDate, SecondsFormat, Utc};
 use serde_json::Value as Json;
 
 /// A validation failure for one field.
@@ -115,10 +115,18 @@ impl Converter<'_> {
                 .as_i64()
                 .map(Value::Long)
                 .ok_or_else(|| expected(path, "an integer", json)),
-            Schema::Float => json
-                .as_f64()
-                .map(|n| Value::Float(n as f32))
-                .ok_or_else(|| expected(path, "a number", json)),
+            Schema::Float => {
+                let n = json
+                    .as_f64()
+                    .ok_or_else(|| expected(path, "a number", json))?;
+                match n as f32 {
+                    f if f.is_finite() => Ok(Value::Float(f)),
+                    _ => Err(FieldError::new(
+                        path,
+                        "expected a number within the range of a 32-bit float",
+                    )),
+                }
+            }
             Schema::Double => json
                 .as_f64()
                 .map(Value::Double)
@@ -163,11 +171,13 @@ impl Converter<'_> {
                     )),
                 }
             }
-            Schema::TimestampMillis | Schema::LocalTimestampMillis => {
-                timestamp(json, path, 1_000).map(Value::TimestampMillis)
+            Schema::TimestampMillis => timestamp(json, path, 1_000).map(Value::TimestampMillis),
+            Schema::TimestampMicros => timestamp(json, path, 1_000_000).map(Value::TimestampMicros),
+            Schema::LocalTimestampMillis => {
+                timestamp(json, path, 1_000).map(Value::LocalTimestampMillis)
             }
-            Schema::TimestampMicros | Schema::LocalTimestampMicros => {
-                timestamp(json, path, 1_000_000).map(Value::TimestampMicros)
+            Schema::LocalTimestampMicros => {
+                timestamp(json, path, 1_000_000).map(Value::LocalTimestampMicros)
             }
             Schema::Date => {
                 if let Some(days) = json.as_i64().and_then(|d| i32::try_from(d).ok()) {
@@ -324,12 +334,15 @@ pub fn avro_to_json(value: &Value) -> Json {
         ),
         Value::Uuid(u) => Json::String(u.to_string()),
         Value::Date(days) => {
+            // Dates chrono cannot hold or a four-digit year cannot write stay day numbers.
             let epoch = NaiveDate::from_ymd_opt(1970, 1, 1).expect("valid date");
-            Json::String(
-                (epoch + chrono::Duration::days(i64::from(*days)))
-                    .format("%Y-%m-%d")
-                    .to_string(),
-            )
+            match epoch
+                .checked_add_signed(chrono::Duration::days(i64::from(*days)))
+                .filter(|d| (0..=9999).contains(&d.year()))
+            {
+                Some(date) => Json::String(date.format("%Y-%m-%d").to_string()),
+                None => Json::from(*days),
+            }
         }
         Value::TimestampMillis(ms) | Value::LocalTimestampMillis(ms) => {
             rfc3339(DateTime::<Utc>::from_timestamp_millis(*ms), *ms)
@@ -345,8 +358,9 @@ pub fn avro_to_json(value: &Value) -> Json {
     }
 }
 
+/// RFC 3339 only writes years 0000–9999: other times stay numbers (which convert back).
 fn rfc3339(time: Option<DateTime<Utc>>, raw: i64) -> Json {
-    match time {
+    match time.filter(|t| (0..=9999).contains(&t.year())) {
         Some(t) => Json::String(t.to_rfc3339_opts(SecondsFormat::AutoSi, true)),
         None => Json::from(raw),
     }

@@ -70,7 +70,7 @@ pub fn verify(
     header: &str,
     now: i64,
 ) -> Result<(), SigningError> {
-    if (now - timestamp).abs() > TOLERANCE_SECS {
+    if now.abs_diff(timestamp) > TOLERANCE_SECS.unsigned_abs() {
         return Err(SigningError::Stale);
     }
     let expected = secret.sign(id, timestamp, body);
@@ -137,5 +137,156 @@ mod tests {
         );
         assert!(Secret::parse("MfKQ9r8").is_err());
         assert!(Secret::parse("whsec_!!!").is_err());
+    }
+}
+
+#[cfg(test)]
+mod properties {
+    //! Property tests of Standard Webhooks signing: signatures made with a secret verify with it
+    //! (by the specification, written out here, and by [`verify`]) and fail with another secret
+    //! or a changed message; parsing secrets and verifying arbitrary headers never panic.
+
+    use proptest::prelude::*;
+    use proptest::test_runner::Config as ProptestConfig;
+
+    use super::*;
+
+    /// Cases per property; failures print the shrunk input and write nothing beside the sources.
+    fn config() -> ProptestConfig {
+        ProptestConfig {
+            cases: 256,
+            failure_persistence: None,
+            ..ProptestConfig::default()
+        }
+    }
+
+    /// A receiver following the specification: HMAC-SHA256 keyed with the base64-decoded part
+    /// of `whsec_…` over `{id}.{timestamp}.{body}`, base64, matched against the `v1,` entries
+    /// of the space-separated header.
+    fn spec_verifies(secret: &str, id: &str, timestamp: i64, body: &[u8], header: &str) -> bool {
+        let key = STANDARD
+            .decode(secret.strip_prefix("whsec_").expect("a whsec_ secret"))
+            .expect("base64");
+        let mut mac = Hmac::<Sha256>::new_from_slice(&key).expect("any key length");
+        mac.update(format!("{id}.{timestamp}.").as_bytes());
+        mac.update(body);
+        let expected = STANDARD.encode(mac.finalize().into_bytes());
+        header
+            .split(' ')
+            .filter_map(|entry| entry.split_once(','))
+            .any(|(version, signature)| version == "v1" && signature == expected)
+    }
+
+    /// `whsec_` secrets of 1 to 64 random bytes.
+    fn secret_text() -> impl Strategy<Value = String> {
+        prop::collection::vec(any::<u8>(), 1..64)
+            .prop_map(|bytes| format!("whsec_{}", STANDARD.encode(bytes)))
+    }
+
+    fn body() -> impl Strategy<Value = Vec<u8>> {
+        prop_oneof![
+            prop::collection::vec(any::<u8>(), 0..512),
+            any::<String>().prop_map(String::into_bytes),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(config())]
+
+        /// What one secret signs verifies with that secret, per the specification and per
+        /// [`verify`], and with no other secret.
+        #[test]
+        fn signatures_verify_with_their_secret_only(
+            secret in secret_text(),
+            other in secret_text(),
+            id in any::<String>(),
+            timestamp in any::<i64>(),
+            body in body(),
+        ) {
+            prop_assume!(secret != other);
+            let signer = Secret::parse(&secret).unwrap();
+            let stranger = Secret::parse(&other).unwrap();
+            let header = signature_header(std::slice::from_ref(&signer), &id, timestamp, &body);
+            prop_assert!(header.starts_with("v1,") && !header.contains(' '), "{}", header);
+            prop_assert!(spec_verifies(&secret, &id, timestamp, &body, &header));
+            prop_assert_eq!(verify(&signer, &id, timestamp, &body, &header, timestamp), Ok(()));
+            prop_assert!(!spec_verifies(&other, &id, timestamp, &body, &header));
+            prop_assert_eq!(
+                verify(&stranger, &id, timestamp, &body, &header, timestamp),
+                Err(SigningError::Mismatch)
+            );
+        }
+
+        /// During rotation the header carries one `v1,` entry per secret and each verifies; a
+        /// changed body, id or timestamp verifies with none.
+        #[test]
+        fn every_rotated_secret_verifies_and_changes_do_not(
+            secrets in prop::collection::vec(secret_text(), 1..4),
+            id in any::<String>(),
+            timestamp in -1_000_000_000_000i64..1_000_000_000_000,
+            body in body(),
+            change in 0..3u8,
+            extra in any::<u8>(),
+        ) {
+            let parsed: Vec<Secret> = secrets.iter().map(|s| Secret::parse(s).unwrap()).collect();
+            let header = signature_header(&parsed, &id, timestamp, &body);
+            prop_assert_eq!(header.split(' ').count(), secrets.len());
+            let (mut id2, mut timestamp2, mut body2) = (id.clone(), timestamp, body.clone());
+            match change {
+                0 => body2.push(extra),
+                1 => id2.push(char::from(extra)),
+                _ => timestamp2 += 1 + i64::from(extra),
+            }
+            for (text, secret) in secrets.iter().zip(&parsed) {
+                prop_assert!(spec_verifies(text, &id, timestamp, &body, &header));
+                prop_assert_eq!(verify(secret, &id, timestamp, &body, &header, timestamp), Ok(()));
+                prop_assert!(!spec_verifies(text, &id2, timestamp2, &body2, &header));
+                prop_assert_eq!(
+                    verify(secret, &id2, timestamp2, &body2, &header, timestamp2),
+                    Err(SigningError::Mismatch)
+                );
+            }
+        }
+
+        /// Parsing arbitrary text never panics and accepts exactly `whsec_` + non-empty base64.
+        #[test]
+        fn secret_parse_never_panics(
+            text in prop_oneof![
+                any::<String>(),
+                any::<String>().prop_map(|s| format!("whsec_{s}")),
+                "whsec_[A-Za-z0-9+/=_-]{0,24}",
+                secret_text(),
+                secret_text().prop_map(|s| s.trim_end_matches('=').to_string()),
+            ],
+        ) {
+            let expected = text
+                .strip_prefix("whsec_")
+                .and_then(|b| STANDARD.decode(b).ok())
+                .is_some_and(|bytes| !bytes.is_empty());
+            match Secret::parse(&text) {
+                Ok(_) => prop_assert!(expected, "{text:?} accepted"),
+                Err(e) => {
+                    prop_assert!(!expected, "{text:?} refused");
+                    prop_assert!(!e.to_string().is_empty());
+                }
+            }
+        }
+
+        /// Verifying arbitrary headers at arbitrary times never panics; a timestamp more than
+        /// the tolerance away is stale whatever the header says.
+        #[test]
+        fn verify_never_panics(
+            secret in secret_text(),
+            header in prop_oneof![any::<String>(), "(v1,[A-Za-z0-9+/=]{0,48} ?){0,3}"],
+            timestamp in any::<i64>(),
+            now in prop_oneof![any::<i64>(), Just(0), Just(i64::MIN), Just(i64::MAX)],
+            body in body(),
+        ) {
+            let secret = Secret::parse(&secret).unwrap();
+            let result = verify(&secret, "id", timestamp, &body, &header, now);
+            let distance = (i128::from(now) - i128::from(timestamp)).abs();
+            let stale = distance > i128::from(TOLERANCE_SECS);
+            prop_assert_eq!(result == Err(SigningError::Stale), stale);
+        }
     }
 }

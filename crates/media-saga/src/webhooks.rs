@@ -59,44 +59,21 @@ async fn notification(engine: &Engine, headers: &HeaderMap, body: &[u8]) -> Resp
             "missing or wrong `Authorization: Bearer` token",
         );
     }
-    let event: Value = match serde_json::from_slice(body) {
-        Ok(v) => v,
-        Err(e) => {
-            return error(
-                StatusCode::BAD_REQUEST,
-                "invalid_json",
-                format!("the body is not JSON: {e}"),
-            )
-        }
-    };
-    let Some(records) = event.get("Records").and_then(Value::as_array) else {
-        return error(
-            StatusCode::BAD_REQUEST,
-            "invalid_body",
-            "expected an S3 event notification with a `Records` array",
-        );
+    let records = match parse_s3_event(body) {
+        Ok(records) => records,
+        Err(bad) => return bad.into_response(),
     };
     let mut accepted = 0;
     let mut ignored = Vec::new();
-    for (index, record) in records.iter().enumerate() {
-        let event_name = record
-            .get("eventName")
-            .and_then(Value::as_str)
-            .unwrap_or_default();
-        let s3 = record.get("s3");
-        let bucket = s3
-            .and_then(|s| s.pointer("/bucket/name"))
-            .and_then(Value::as_str);
-        let key = s3
-            .and_then(|s| s.pointer("/object/key"))
-            .and_then(Value::as_str)
-            .map(decode_key);
-        let (Some(bucket), Some(key)) = (bucket, key) else {
-            return error(
-                StatusCode::BAD_REQUEST,
-                "invalid_body",
-                format!("Records[{index}] has no s3.bucket.name or s3.object.key"),
-            );
+    for record in records {
+        // A malformed record is refused when reached, after the ones before it were handled.
+        let S3Record {
+            event_name,
+            bucket,
+            key,
+        } = match record {
+            Ok(record) => record,
+            Err(bad) => return bad.into_response(),
         };
         let mut skip = |reason: &str| ignored.push(json!({"key": key, "reason": reason}));
         if !event_name.contains("ObjectCreated") {
@@ -129,6 +106,75 @@ async fn notification(engine: &Engine, headers: &HeaderMap, body: &[u8]) -> Resp
         }
     }
     Json(json!({"accepted": accepted, "ignored": ignored})).into_response()
+}
+
+/// A notification the webhook refuses with 400: the error code and the message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BadEvent {
+    pub code: &'static str,
+    pub message: String,
+}
+
+impl IntoResponse for BadEvent {
+    fn into_response(self) -> Response {
+        error(StatusCode::BAD_REQUEST, self.code, self.message)
+    }
+}
+
+/// One record of an S3 event notification.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct S3Record {
+    /// `eventName` (e.g. `s3:ObjectCreated:Put`); empty when absent.
+    pub event_name: String,
+    pub bucket: String,
+    /// The object key, URL-decoded.
+    pub key: String,
+}
+
+/// Reads an S3/MinIO event notification: `invalid_json` when the body is not JSON,
+/// `invalid_body` without a `Records` array; then each record, or `invalid_body` naming the
+/// record without `s3.bucket.name` or `s3.object.key` (the handler answers that when it reaches
+/// the record, as it did when it read records one by one).
+pub fn parse_s3_event(body: &[u8]) -> Result<Vec<Result<S3Record, BadEvent>>, BadEvent> {
+    let event: Value = serde_json::from_slice(body).map_err(|e| BadEvent {
+        code: "invalid_json",
+        message: format!("the body is not JSON: {e}"),
+    })?;
+    let records = event
+        .get("Records")
+        .and_then(Value::as_array)
+        .ok_or_else(|| BadEvent {
+            code: "invalid_body",
+            message: "expected an S3 event notification with a `Records` array".into(),
+        })?;
+    Ok(records
+        .iter()
+        .enumerate()
+        .map(|(index, record)| {
+            let event_name = record
+                .get("eventName")
+                .and_then(Value::as_str)
+                .unwrap_or_default();
+            let s3 = record.get("s3");
+            let bucket = s3
+                .and_then(|s| s.pointer("/bucket/name"))
+                .and_then(Value::as_str);
+            let key = s3
+                .and_then(|s| s.pointer("/object/key"))
+                .and_then(Value::as_str);
+            match (bucket, key) {
+                (Some(bucket), Some(key)) => Ok(S3Record {
+                    event_name: event_name.to_string(),
+                    bucket: bucket.to_string(),
+                    key: decode_key(key),
+                }),
+                _ => Err(BadEvent {
+                    code: "invalid_body",
+                    message: format!("Records[{index}] has no s3.bucket.name or s3.object.key"),
+                }),
+            }
+        })
+        .collect())
 }
 
 /// What became of one created object.
@@ -213,5 +259,184 @@ mod tests {
             "uploads/a/my cat+1.png"
         );
         assert_eq!(decode_key("uploads/a/b.png"), "uploads/a/b.png");
+    }
+}
+
+#[cfg(test)]
+mod properties {
+    //! Property tests of S3 event parsing: arbitrary bytes and arbitrary JSON never panic and
+    //! are refused with a 400 code and message, and well-formed events with arbitrary keys
+    //! (percent-encoded, spaces as `+`) give back each record's decoded key.
+
+    use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
+    use proptest::prelude::*;
+    use proptest::sample::select;
+    use proptest::test_runner::Config as ProptestConfig;
+
+    use super::*;
+
+    /// Cases per property; failures print the shrunk input and write nothing beside the sources.
+    fn config() -> ProptestConfig {
+        ProptestConfig {
+            cases: 256,
+            failure_persistence: None,
+            ..ProptestConfig::default()
+        }
+    }
+
+    /// Keys of the S3 event format, so arbitrary JSON often looks like an event.
+    const KEYS: &[&str] = &[
+        "Records",
+        "eventName",
+        "eventTime",
+        "s3",
+        "bucket",
+        "name",
+        "object",
+        "key",
+        "size",
+    ];
+
+    fn json_value() -> impl Strategy<Value = Value> {
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::Bool),
+            any::<i64>().prop_map(Value::from),
+            any::<f64>().prop_map(Value::from),
+            any::<String>().prop_map(Value::String),
+            "[%+a-zA-Z0-9/]{0,12}".prop_map(Value::String),
+            Just(Value::from("\u{0}")),
+        ];
+        leaf.prop_recursive(5, 64, 6, |inner| {
+            let key = prop_oneof![3 => select(KEYS).prop_map(String::from), 1 => any::<String>()];
+            prop_oneof![
+                prop::collection::vec(inner.clone(), 0..5).prop_map(Value::Array),
+                prop::collection::btree_map(key, inner, 0..6)
+                    .prop_map(|m| Value::Object(m.into_iter().collect())),
+            ]
+        })
+    }
+
+    /// Checks what any body gives: 400 codes with messages, one result per record, and a
+    /// record refused exactly when its bucket name or key is missing.
+    fn check(body: &[u8]) -> Result<(), TestCaseError> {
+        match parse_s3_event(body) {
+            Err(bad) => {
+                prop_assert!(matches!(bad.code, "invalid_json" | "invalid_body"));
+                prop_assert!(!bad.message.is_empty());
+                prop_assert_eq!(bad.into_response().status(), StatusCode::BAD_REQUEST);
+            }
+            Ok(records) => {
+                let event: Value = serde_json::from_slice(body).expect("parsed as JSON");
+                let raw = event["Records"].as_array().expect("a Records array");
+                prop_assert_eq!(records.len(), raw.len());
+                for (index, (record, raw)) in records.into_iter().zip(raw).enumerate() {
+                    let bucket = raw.pointer("/s3/bucket/name").and_then(Value::as_str);
+                    let key = raw.pointer("/s3/object/key").and_then(Value::as_str);
+                    match record {
+                        Ok(record) => {
+                            prop_assert_eq!(Some(record.bucket.as_str()), bucket);
+                            prop_assert_eq!(Some(record.key), key.map(decode_key));
+                        }
+                        Err(bad) => {
+                            prop_assert!(bucket.is_none() || key.is_none());
+                            prop_assert_eq!(bad.code, "invalid_body");
+                            let named = format!("Records[{index}]");
+                            prop_assert!(bad.message.starts_with(&named), "{}", bad.message);
+                        }
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// How S3 and MinIO write keys: percent-encoded, spaces as `+`, sometimes `/` left as is.
+    fn encode(key: &str, keep_slashes: bool) -> String {
+        const KEEP: &AsciiSet = &NON_ALPHANUMERIC
+            .remove(b'/')
+            .remove(b'-')
+            .remove(b'_')
+            .remove(b'.')
+            .remove(b'~');
+        let set = if keep_slashes { KEEP } else { NON_ALPHANUMERIC };
+        utf8_percent_encode(key, set)
+            .to_string()
+            .replace("%20", "+")
+    }
+
+    proptest! {
+        #![proptest_config(config())]
+
+        /// Arbitrary bytes, and JSON cut short, never panic.
+        #[test]
+        fn arbitrary_bytes_never_panic(
+            bytes in prop_oneof![
+                prop::collection::vec(any::<u8>(), 0..256),
+                (json_value(), any::<prop::sample::Index>()).prop_map(|(v, cut)| {
+                    let text = v.to_string().into_bytes();
+                    let at = cut.index(text.len() + 1);
+                    text[..at].to_vec()
+                }),
+            ],
+        ) {
+            check(&bytes)?;
+        }
+
+        /// Arbitrary JSON, often shaped like an event, never panics; records are read as they are.
+        #[test]
+        fn arbitrary_json_never_panics(
+            value in prop_oneof![
+                json_value(),
+                prop::collection::vec(json_value(), 0..4)
+                    .prop_map(|records| json!({"Records": records})),
+            ],
+        ) {
+            check(value.to_string().as_bytes())?;
+        }
+
+        /// Well-formed events give each record's event name, bucket and decoded key.
+        #[test]
+        fn well_formed_events_give_decoded_keys(
+            records in prop::collection::vec(
+                (
+                    prop_oneof![
+                        any::<String>(),
+                        "[a-zA-Z0-9 +%/._~-]{1,40}",
+                        "uploads/[0-9a-f-]{36}/[0-9a-f-]{36}/[a-z +%]{0,12}\\.png",
+                    ],
+                    any::<bool>(),
+                    select(vec!["s3:ObjectCreated:Put", "s3:ObjectRemoved:Delete", ""]),
+                    "[a-z0-9.-]{3,20}",
+                    any::<u64>(),
+                ),
+                0..5,
+            ),
+        ) {
+            let raw: Vec<Value> = records
+                .iter()
+                .map(|(key, keep, name, bucket, size)| json!({
+                    "eventVersion": "2.0",
+                    "eventSource": "minio:s3",
+                    "eventName": name,
+                    "eventTime": "2026-01-01T00:00:00.000Z",
+                    "s3": {
+                        "bucket": {"name": bucket},
+                        "object": {"key": encode(key, *keep), "size": size},
+                    },
+                }))
+                .collect();
+            let event = json!({ "Records": raw });
+            let body = serde_json::to_vec(&event).unwrap();
+            let parsed = parse_s3_event(&body).map_err(|e| TestCaseError::fail(e.message))?;
+            prop_assert_eq!(parsed.len(), records.len());
+            for (record, (key, _, name, bucket, _)) in parsed.into_iter().zip(&records) {
+                let record = record.map_err(|e| TestCaseError::fail(e.message))?;
+                prop_assert_eq!(&record.key, key);
+                prop_assert_eq!(&record.bucket, bucket);
+                prop_assert_eq!(&record.event_name, name);
+            }
+            check(&body)?;
+        }
     }
 }

@@ -1,7 +1,8 @@
 //! The text form: `purchase.amount > 500 AND user.segment == 'VIP'`. `AND` binds tighter than
 //! `OR`; `NOT` and parentheses as usual; keywords are case-insensitive. Comparisons:
 //! `== != > >= < <=`, `in [..]`, `not in [..]`, `prefix`, `suffix`, `contains`,
-//! `between a and b`, and `field exists`. A syntax error names its 1-based column.
+//! `between a and b`, and `field exists`. A syntax error names its 1-based column. Parentheses
+//! and `NOT` nest at most [`MAX_DEPTH`] deep (deeper text would exhaust the parser's stack).
 
 use serde_json::Value;
 
@@ -135,10 +136,15 @@ fn lex(text: &str) -> Result<Vec<Lexed>, RuleError> {
     Ok(out)
 }
 
+/// How deep parentheses and `NOT` may nest (the JSON form is bounded alike by serde_json's
+/// recursion limit of 128).
+pub const MAX_DEPTH: usize = 128;
+
 struct Parser {
     tokens: Vec<Lexed>,
     pos: usize,
     end_column: usize,
+    depth: usize,
 }
 
 /// Parses the text form into the same tree as the JSON form.
@@ -148,6 +154,7 @@ pub fn parse(text: &str) -> Result<Expr, RuleError> {
         tokens,
         pos: 0,
         end_column: text.chars().count() + 1,
+        depth: 0,
     };
     if parser.tokens.is_empty() {
         return Err(RuleError::Syntax {
@@ -223,14 +230,35 @@ impl Parser {
         })
     }
 
+    /// Runs `parse` one level deeper, refusing to go past [`MAX_DEPTH`].
+    fn nested(
+        &mut self,
+        parse: fn(&mut Self) -> Result<Expr, RuleError>,
+    ) -> Result<Expr, RuleError> {
+        if self.depth >= MAX_DEPTH {
+            return Err(self.error(&format!(
+                "parentheses and NOT nest at most {MAX_DEPTH} deep"
+            )));
+        }
+        self.depth += 1;
+        let result = parse(self);
+        self.depth -= 1;
+        result
+    }
+
     fn unary(&mut self) -> Result<Expr, RuleError> {
         if self.keyword("not") {
-            self.pos += 1;
-            return Ok(Expr::Not(Box::new(self.unary()?)));
+            let inner = self.nested(|p| {
+                p.pos += 1;
+                p.unary()
+            })?;
+            return Ok(Expr::Not(Box::new(inner)));
         }
         if self.peek() == Some(&Token::LParen) {
-            self.pos += 1;
-            let inner = self.or()?;
+            let inner = self.nested(|p| {
+                p.pos += 1;
+                p.or()
+            })?;
             if self.peek() != Some(&Token::RParen) {
                 return Err(self.error("expected `)`"));
             }
