@@ -365,19 +365,12 @@ fn bytes_chunk() -> Vec<u8> {
 #[tokio::test]
 async fn unreachable_broker_answers_503_never_202() {
     let stack = Stack::load();
-    let overlay = "kafka:\n  bootstrap_servers: 127.0.0.1:1\n  message_timeout_ms: 1500\ngateway:\n  retry_after_secs: 7\n";
+    // A message timeout far longer than the answer may take: once the broker is known to be
+    // unreachable, the gateway answers at once instead of waiting it out.
+    let overlay = "kafka:\n  bootstrap_servers: 127.0.0.1:1\n  message_timeout_ms: 20000\ngateway:\n  retry_after_secs: 7\n";
     let gw = TestGateway::start(&stack, &repo_root().join("routes.yaml"), overlay).await;
     let token = stack.token(Uuid::new_v4(), "down@example.com");
     let url = format!("{}/api/v1/events/message", gw.url);
-    let (status, headers, body) = post_json(
-        &url,
-        Some(&token),
-        &json!({"message": "lost?", "visibility": "broadcast"}),
-    )
-    .await;
-    assert_eq!(status, 503, "{body}");
-    assert_eq!(headers.get("retry-after").unwrap(), "7");
-    assert_eq!(body["error"]["code"], "unavailable");
 
     let ready = http()
         .get(format!("{}/readyz", gw.url))
@@ -388,6 +381,34 @@ async fn unreachable_broker_answers_503_never_202() {
     let ready: Value = ready.json().await.unwrap();
     assert_eq!(ready["checks"]["kafka"]["status"], "unavailable");
     assert_eq!(ready["checks"]["schema_registry"]["status"], "ok");
+
+    let started = std::time::Instant::now();
+    let (status, headers, body) = post_json(
+        &url,
+        Some(&token),
+        &json!({"message": "lost?", "visibility": "broadcast"}),
+    )
+    .await;
+    let took = started.elapsed();
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(headers.get("retry-after").unwrap(), "7");
+    assert_eq!(body["error"]["code"], "unavailable");
+    assert!(
+        took < Duration::from_secs(5),
+        "answered after {took:?}, not after the 20 s message timeout"
+    );
+
+    // A batch with 503 items carries Retry-After; items refused as bad say so beside them.
+    let (status, headers, body) = post_json(
+        &format!("{url}/batch"),
+        Some(&token),
+        &json!([{"message": "lost?", "visibility": "broadcast"}, {"message": 1}]),
+    )
+    .await;
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(body["results"][0]["status"], 503, "{body}");
+    assert_eq!(body["results"][1]["status"], 400, "{body}");
+    assert_eq!(headers.get("retry-after").unwrap(), "7");
     gw.shutdown.cancel();
     let _ = gw.handle.await;
 }

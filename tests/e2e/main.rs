@@ -7,6 +7,7 @@ mod dispatch;
 mod failure_model;
 mod flows;
 mod gateway_auth;
+mod gateway_limits;
 mod harness;
 mod media_credits;
 mod media_intents;

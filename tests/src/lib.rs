@@ -96,13 +96,12 @@ impl Stack {
             jwt_secret: get("JWT_SECRET"),
             login_webhook_secret: get("LOGIN_WEBHOOK_SECRET"),
             audience: optional("SUBSTRATE_AUTH__AUDIENCE"),
-            s3: substrate_s3::S3Config {
-                endpoint: get("S3_ENDPOINT"),
-                region: get("S3_REGION"),
-                access_key_id: get("S3_ACCESS_KEY_ID"),
-                secret_access_key: get("S3_SECRET_ACCESS_KEY"),
-                path_style: true,
-            },
+            s3: substrate_s3::S3Config::new(
+                get("S3_ENDPOINT"),
+                get("S3_REGION"),
+                get("S3_ACCESS_KEY_ID"),
+                get("S3_SECRET_ACCESS_KEY"),
+            ),
             s3_archive_bucket: get("S3_ARCHIVE_BUCKET"),
         }
     }

@@ -30,6 +30,7 @@ dispatcher:
     timeout_ms: 15000
     connect_timeout_ms: 5000
     per_endpoint_concurrency: 64
+    per_endpoint_queue: 256
     allow_private_targets: false
   archive:
     max_records: 1000
@@ -110,6 +111,10 @@ pub struct HttpConfig {
     pub connect_timeout_ms: u64,
     /// Deliveries in flight to one endpoint (scheme, host and port).
     pub per_endpoint_concurrency: usize,
+    /// Requests one endpoint may have in flight or waiting; more are deferred to the first delay
+    /// topic (not counted as an attempt), so a hanging endpoint holds at most this many of the
+    /// `max_in_flight` slots and every other endpoint keeps flowing.
+    pub per_endpoint_queue: usize,
     /// Allow loopback, private and link-local targets (the local stack; never in production).
     pub allow_private_targets: bool,
 }
@@ -154,12 +159,24 @@ impl Validate for Config {
                 c.http.per_endpoint_concurrency as u64,
             ),
             (
+                "dispatcher.http.per_endpoint_queue",
+                c.http.per_endpoint_queue as u64,
+            ),
+            (
                 "dispatcher.archive.max_records",
                 c.archive.max_records as u64,
             ),
             ("dispatcher.archive.max_bytes", c.archive.max_bytes as u64),
             ("dispatcher.archive.max_wait_ms", c.archive.max_wait_ms),
         ])?;
+        if c.http.per_endpoint_queue < c.http.per_endpoint_concurrency
+            || c.http.per_endpoint_queue >= c.max_in_flight
+        {
+            return Err(ConfigError::invalid(
+                "dispatcher.http.per_endpoint_queue",
+                "must be at least per_endpoint_concurrency and below max_in_flight",
+            ));
+        }
         if let Some(s3) = &self.s3 {
             s3.check("s3")
                 .map_err(|(key, m)| ConfigError::invalid(key, m))?;

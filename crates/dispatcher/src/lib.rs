@@ -85,6 +85,7 @@ pub async fn serve(
         c.timeout(),
         Duration::from_millis(c.http.connect_timeout_ms),
         c.http.per_endpoint_concurrency,
+        c.http.per_endpoint_queue,
         c.http.allow_private_targets,
     )?;
     let archiver = sinks::archive::Archiver::start(

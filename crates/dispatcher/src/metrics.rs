@@ -3,9 +3,15 @@
 pub const DELIVERIES: &str = "dispatcher_attempts_total";
 pub const DELIVERY_SECONDS: &str = "dispatcher_attempt_seconds";
 pub const DEAD_LETTERED: &str = "dispatcher_dead_lettered_total";
+/// Requests for a saturated endpoint sent to the first delay topic (not an attempt), by sink.
+pub const DEFERRED: &str = "dispatcher_deferred_total";
 
 pub fn describe() {
     metrics::describe_counter!(DELIVERIES, "Delivery attempts by sink and outcome");
     metrics::describe_histogram!(DELIVERY_SECONDS, "Duration of one delivery attempt");
     metrics::describe_counter!(DEAD_LETTERED, "Requests sent to the dead-letter topic");
+    metrics::describe_counter!(
+        DEFERRED,
+        "Requests for a saturated endpoint deferred to the first delay topic"
+    );
 }

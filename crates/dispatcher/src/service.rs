@@ -20,7 +20,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::audit::AuditLog;
 use crate::endpoints::Endpoints;
-use crate::metrics::{DEAD_LETTERED, DELIVERIES, DELIVERY_SECONDS};
+use crate::metrics::{DEAD_LETTERED, DEFERRED, DELIVERIES, DELIVERY_SECONDS};
 use crate::outcome::Outcome;
 use crate::request::Request;
 use crate::signing::{self, Secret};
@@ -143,6 +143,17 @@ impl Dispatcher {
                 Logged::Interrupted => false,
             };
         }
+
+        // A saturated endpoint (hanging, or slower than its share of traffic) does not get to hold
+        // more of the in-flight slots: its request waits in the first delay topic instead, not
+        // counted as an attempt, and every other endpoint keeps flowing.
+        let _reservation = match request.http_url() {
+            None => None,
+            Some(url) => match self.http.reserve(url) {
+                Some(reservation) => Some(reservation),
+                None => return self.defer(message, state, url, sink, shutdown).await,
+            },
+        };
 
         tracing::debug!(request = %request.request_id, sink, attempt = state.attempt(), "delivering");
         let attempted = self.deliver(&request).await;
@@ -267,6 +278,33 @@ impl Dispatcher {
         }
     }
 
+    /// Sends a request for a saturated endpoint to the first delay topic; false on shutdown.
+    async fn defer(
+        &self,
+        message: &OwnedMessage,
+        state: &RetryState,
+        url: &str,
+        sink: &'static str,
+        shutdown: &CancellationToken,
+    ) -> bool {
+        let reason = format!("endpoint {} is saturated; deferred", endpoint_label(url));
+        let deferred = retry_transient(shutdown, "dispatcher.defer", || {
+            self.retrier.defer(message, state, &reason)
+        })
+        .await;
+        match deferred {
+            Ok(_) => {
+                metrics::counter!(DEFERRED, "sink" => sink).increment(1);
+                true
+            }
+            Err(Stopped::Cancelled) => false,
+            Err(Stopped::Permanent(e)) => {
+                let error = format!("{reason}, but the delay topic refused it: {e}");
+                self.give_up(message, state, &error, shutdown).await
+            }
+        }
+    }
+
     /// Dead-letters the request (naming its first topic); false when shutdown interrupted it.
     async fn give_up(
         &self,
@@ -297,6 +335,7 @@ impl Dispatcher {
                 url,
                 secrets,
                 headers,
+                timeout_ms,
             } => {
                 let body = serde_json::to_vec(&json!({
                     "type": request.event_type,
@@ -327,7 +366,8 @@ impl Dispatcher {
                         signing::signature_header(&secrets, &id, timestamp, &body),
                     ));
                 }
-                let result = self.http.post(url, body, &all).await;
+                let timeout = timeout_ms.map(Duration::from_millis);
+                let result = self.http.post(url, body, &all, timeout).await;
                 Attempted {
                     outcome: result.outcome,
                     status: result.status,
@@ -336,16 +376,18 @@ impl Dispatcher {
             Action::Slack {
                 webhook_url,
                 template,
+                timeout_ms,
             } => {
                 let body = json!({"text": render(template, &request.payload)});
-                self.chat(webhook_url, &body, request).await
+                self.chat(webhook_url, &body, request, *timeout_ms).await
             }
             Action::Discord {
                 webhook_url,
                 template,
+                timeout_ms,
             } => {
                 let body = json!({"content": render(template, &request.payload)});
-                self.chat(webhook_url, &body, request).await
+                self.chat(webhook_url, &body, request, *timeout_ms).await
             }
             Action::S3 { bucket, prefix } => {
                 let line = serde_json::to_vec(&json!({
@@ -381,7 +423,13 @@ impl Dispatcher {
         }
     }
 
-    async fn chat(&self, url: &str, body: &serde_json::Value, request: &Request) -> Attempted {
+    async fn chat(
+        &self,
+        url: &str,
+        body: &serde_json::Value,
+        request: &Request,
+        timeout_ms: Option<u64>,
+    ) -> Attempted {
         let id = request.request_id.to_string();
         let headers = [(signing::HEADER_ID.to_string(), id)];
         let result = self
@@ -390,6 +438,7 @@ impl Dispatcher {
                 url,
                 serde_json::to_vec(body).expect("JSON values serialize"),
                 &headers,
+                timeout_ms.map(Duration::from_millis),
             )
             .await;
         Attempted {
@@ -405,5 +454,13 @@ fn storable(text: String) -> String {
         text.replace('\0', "\u{FFFD}")
     } else {
         text
+    }
+}
+
+/// Scheme and host of a URL, for logs (paths and queries of webhook URLs can be secrets).
+fn endpoint_label(url: &str) -> String {
+    match reqwest::Url::parse(url) {
+        Ok(u) => format!("{}://{}", u.scheme(), u.host_str().unwrap_or_default()),
+        Err(_) => "<invalid url>".into(),
     }
 }

@@ -7,6 +7,7 @@ use serde::Deserialize;
 use substrate_avro::RegistryConfig;
 use substrate_kafka::KafkaConfig;
 use substrate_runtime::config::{require_listen, ConfigError, Validate};
+use substrate_runtime::http::HttpLimits;
 use substrate_runtime::telemetry::TelemetryConfig;
 use substrate_runtime::{LifecycleConfig, ServiceConfig};
 
@@ -123,6 +124,9 @@ pub struct GatewayConfig {
     pub retry_after_secs: u64,
     /// Fallback re-read of routes.yaml in case a file-system event was missed; 0 turns it off.
     pub routes_poll_secs: u64,
+    /// Timeouts and the cap on requests in progress (load shedding).
+    #[serde(default)]
+    pub http: HttpLimits,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -170,6 +174,7 @@ impl Validate for Config {
             ));
         }
         require_listen("gateway.listen", &self.gateway.listen)?;
+        self.gateway.http.check("gateway.http")?;
         if self.gateway.max_event_bytes == 0
             || self.gateway.max_event_bytes > self.gateway.max_batch_bytes
         {

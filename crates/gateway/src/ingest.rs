@@ -110,12 +110,14 @@ pub fn check_json_content_type(headers: &HeaderMap) -> Result<(), ApiError> {
     }
 }
 
-/// Reads at most `limit` bytes: a declared length over the limit is refused before reading, and
-/// a stream is cut off as soon as it passes the limit.
+/// Reads at most `limit` bytes within `timeout`: a declared length over the limit is refused
+/// before reading, a stream is cut off as soon as it passes the limit, and a body that arrives
+/// too slowly is answered 408.
 pub async fn read_limited(
     headers: &HeaderMap,
     body: Body,
     limit: usize,
+    timeout: std::time::Duration,
 ) -> Result<Bytes, ApiError> {
     let declared = headers
         .get(header::CONTENT_LENGTH)
@@ -124,10 +126,21 @@ pub async fn read_limited(
     if declared.is_some_and(|n| n > limit as u64) {
         return Err(ApiError::too_large(limit));
     }
-    match Limited::new(body, limit).collect().await {
-        Ok(collected) => Ok(collected.to_bytes()),
-        Err(e) if e.downcast_ref::<LengthLimitError>().is_some() => Err(ApiError::too_large(limit)),
-        Err(e) => Err(ApiError::new(
+    let read = tokio::time::timeout(timeout, Limited::new(body, limit).collect()).await;
+    match read {
+        Err(_) => Err(ApiError::new(
+            StatusCode::REQUEST_TIMEOUT,
+            "body_timeout",
+            format!(
+                "the body was not received within {} ms",
+                timeout.as_millis()
+            ),
+        )),
+        Ok(Ok(collected)) => Ok(collected.to_bytes()),
+        Ok(Err(e)) if e.downcast_ref::<LengthLimitError>().is_some() => {
+            Err(ApiError::too_large(limit))
+        }
+        Ok(Err(e)) => Err(ApiError::new(
             StatusCode::BAD_REQUEST,
             "body_unreadable",
             format!("the body could not be read: {e}"),
@@ -248,7 +261,13 @@ async fn single(
     body: Body,
 ) -> Result<Response, ApiError> {
     let (route, claims) = admit(app, route_name, headers).await?;
-    let bytes = read_limited(headers, body, app.limits.max_event_bytes).await?;
+    let bytes = read_limited(
+        headers,
+        body,
+        app.limits.max_event_bytes,
+        app.limits.body_read_timeout,
+    )
+    .await?;
     let event = parse_object(&bytes)?;
     let (event_id, event) = prepare(&route, claims.as_ref(), event)?;
     let encoded = app
@@ -268,7 +287,13 @@ async fn batch(
     body: Body,
 ) -> Result<Response, ApiError> {
     let (route, claims) = admit(app, route_name, headers).await?;
-    let bytes = read_limited(headers, body, app.limits.max_batch_bytes).await?;
+    let bytes = read_limited(
+        headers,
+        body,
+        app.limits.max_batch_bytes,
+        app.limits.body_read_timeout,
+    )
+    .await?;
     let items: Vec<Box<serde_json::value::RawValue>> =
         serde_json::from_slice(&bytes).map_err(|e| {
             ApiError::new(

@@ -12,7 +12,6 @@ pub mod publish;
 pub mod routes;
 pub mod webhooks;
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -35,6 +34,7 @@ pub struct Limits {
     pub max_event_bytes: usize,
     pub max_batch_bytes: usize,
     pub max_batch_events: usize,
+    pub body_read_timeout: Duration,
 }
 
 pub struct LoginWebhook {
@@ -106,6 +106,7 @@ pub fn build(config: &Config, shutdown: &Shutdown) -> anyhow::Result<(Router, Pr
             max_event_bytes: config.gateway.max_event_bytes,
             max_batch_bytes: config.gateway.max_batch_bytes,
             max_batch_events: config.gateway.max_batch_events,
+            body_read_timeout: config.gateway.http.body_read_timeout(),
         },
         login: LoginWebhook {
             secret: config.webhooks.login_secret.clone(),
@@ -154,12 +155,13 @@ pub async fn serve(
     let (router, producer) = build(&config, &shutdown)?;
     let addr = listener.local_addr()?;
     tracing::info!(%addr, "gateway listening");
-    let token = shutdown.token();
-    axum::serve(
+    let limits = &config.gateway.http;
+    substrate_runtime::http::serve(
         listener,
-        router.into_make_service_with_connect_info::<SocketAddr>(),
+        substrate_runtime::http::bounded(router, limits),
+        limits,
+        shutdown.token(),
     )
-    .with_graceful_shutdown(async move { token.cancelled().await })
     .await
     .context("HTTP server")?;
     tracing::info!("HTTP server drained; flushing the producer");

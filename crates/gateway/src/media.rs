@@ -177,7 +177,13 @@ pub async fn upload_complete(
 async fn complete(app: &App, headers: &HeaderMap, body: Body) -> Result<Response, ApiError> {
     let user = caller(app, headers).await?;
     check_json_content_type(headers)?;
-    let bytes = read_limited(headers, body, app.limits.max_event_bytes).await?;
+    let bytes = read_limited(
+        headers,
+        body,
+        app.limits.max_event_bytes,
+        app.limits.body_read_timeout,
+    )
+    .await?;
     let fields = json_object(&bytes)?;
     reject_unknown(&fields, &["request_id"])?;
     let request_id = fields
@@ -313,7 +319,13 @@ async fn accept(
 ) -> Result<Response, ApiError> {
     let user = caller(app, headers).await?;
     check_json_content_type(headers)?;
-    let bytes = read_limited(headers, body, app.limits.max_event_bytes).await?;
+    let bytes = read_limited(
+        headers,
+        body,
+        app.limits.max_event_bytes,
+        app.limits.body_read_timeout,
+    )
+    .await?;
     let fields = json_object(&bytes)?;
     let media = &app.media;
     let request_id = Uuid::now_v7();

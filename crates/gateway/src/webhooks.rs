@@ -71,7 +71,13 @@ async fn handle_login(app: &App, headers: &HeaderMap, body: Body) -> Result<Resp
         )));
     }
     check_json_content_type(headers)?;
-    let bytes = read_limited(headers, body, app.limits.max_event_bytes).await?;
+    let bytes = read_limited(
+        headers,
+        body,
+        app.limits.max_event_bytes,
+        app.limits.body_read_timeout,
+    )
+    .await?;
     let hook: DatabaseWebhook = serde_json::from_slice(&bytes).map_err(|e| {
         ApiError::new(
             StatusCode::BAD_REQUEST,

@@ -213,9 +213,24 @@ impl Retrier {
                 .await?;
             return Ok(Routed::DeadLetter);
         };
+        self.produce_to(&topic, message, state, made, delay, error)
+            .await
+    }
+
+    /// Re-produces `message` unchanged to `topic`, recording `attempts` made and due after
+    /// `delay`.
+    async fn produce_to<M: Message>(
+        &self,
+        topic: &str,
+        message: &M,
+        state: &RetryState,
+        attempts: u32,
+        delay: Duration,
+        error: &str,
+    ) -> Result<Routed, ProduceError> {
         let due_ms = chrono::Utc::now().timestamp_millis() + delay.as_millis() as i64;
         let mut headers = copy_headers(message, &[RETRY_HEADER_PREFIX]);
-        let made_text = made.to_string();
+        let made_text = attempts.to_string();
         let due_text = due_ms.to_string();
         let partition = state.origin.partition.to_string();
         let offset = state.origin.offset.to_string();
@@ -235,13 +250,32 @@ impl Retrier {
         }
         self.producer
             .send(
-                &topic,
+                topic,
                 message.key(),
                 message.payload().unwrap_or_default(),
                 headers,
             )
             .await?;
-        Ok(Routed::Retry { topic, due_ms })
+        Ok(Routed::Retry {
+            topic: topic.to_string(),
+            due_ms,
+        })
+    }
+
+    /// Puts the record back into the first delay topic without counting an attempt (it was
+    /// not tried: its endpoint had no room), due after the first delay.
+    pub async fn defer<M: Message>(
+        &self,
+        message: &M,
+        state: &RetryState,
+        reason: &str,
+    ) -> Result<Routed, ProduceError> {
+        let Some(delay) = self.schedule.delays.first().copied() else {
+            return self.give_up(message, state, reason).await;
+        };
+        let topic = self.schedule.topic(delay);
+        self.produce_to(&topic, message, state, state.attempts, delay, reason)
+            .await
     }
 
     /// A permanent failure: straight to the dead-letter topic.

@@ -1,9 +1,15 @@
 //! The platform's producer: idempotent, `acks=all`, and honest about failure. A send resolves
 //! only when the broker acknowledged the record; a full queue or an unreachable broker is
-//! reported as `Unavailable` so callers can answer 503 instead of buffering without bound.
+//! reported as `Unavailable` so callers can answer 503 instead of buffering without bound. Once
+//! librdkafka reports a broker connection failed, a send first probes the cluster (one shared,
+//! short metadata request); when no broker answers, sends fail at once instead of each waiting
+//! out the message timeout.
 
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use rdkafka::client::ClientContext;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::OwnedHeaders;
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer as _};
@@ -71,19 +77,77 @@ pub struct Acked {
     pub offset: i64,
 }
 
+/// How long a probe of brokers reported down may take, and how long its answer is trusted.
+const PROBE_TIMEOUT: Duration = Duration::from_millis(500);
+
+/// Whether librdkafka reported the brokers out of reach, and the last probe's answer.
+#[derive(Default)]
+pub struct BrokerState {
+    down: AtomicBool,
+    probe: tokio::sync::Mutex<Option<(Instant, bool)>>,
+}
+
+/// The producer's librdkafka context: records what librdkafka says about the brokers.
+pub struct BrokerWatch(Arc<BrokerState>);
+
+impl ClientContext for BrokerWatch {
+    fn error(&self, error: KafkaError, reason: &str) {
+        match error.rdkafka_error_code() {
+            // Every broker down, or a connection lost or refused: the brokers may be out of
+            // reach. The next send probes before it waits out the message timeout.
+            Some(
+                RDKafkaErrorCode::AllBrokersDown
+                | RDKafkaErrorCode::BrokerTransportFailure
+                | RDKafkaErrorCode::Resolve,
+            ) => {
+                if !self.0.down.swap(true, Ordering::SeqCst) {
+                    tracing::warn!(error = %error, %reason, "a broker connection failed; sends probe the brokers first");
+                }
+            }
+            _ => tracing::error!(error = %error, %reason, "librdkafka error"),
+        }
+    }
+}
+
 #[derive(Clone)]
 pub struct Producer {
-    inner: FutureProducer,
+    inner: FutureProducer<BrokerWatch>,
+    state: Arc<BrokerState>,
 }
 
 impl Producer {
     pub fn new(config: &KafkaConfig) -> Result<Self, KafkaError> {
-        let inner: FutureProducer = config.producer_config().create()?;
-        Ok(Self { inner })
+        let state = Arc::new(BrokerState::default());
+        let inner = config
+            .producer_config()
+            .create_with_context(BrokerWatch(state.clone()))?;
+        Ok(Self { inner, state })
     }
 
-    pub fn inner(&self) -> &FutureProducer {
+    pub fn inner(&self) -> &FutureProducer<BrokerWatch> {
         &self.inner
+    }
+
+    /// Whether a send may go to the broker: true unless every broker was reported down and a
+    /// probe (one at a time, its answer shared for [`PROBE_TIMEOUT`]) confirms it.
+    async fn brokers_reachable(&self) -> bool {
+        let state = &self.state;
+        if !state.down.load(Ordering::SeqCst) {
+            return true;
+        }
+        let mut probe = state.probe.lock().await;
+        if let Some((at, reachable)) = *probe {
+            if at.elapsed() < PROBE_TIMEOUT {
+                return reachable;
+            }
+        }
+        let reachable = self.ping(PROBE_TIMEOUT).await.is_ok();
+        *probe = Some((Instant::now(), reachable));
+        if reachable {
+            state.down.store(false, Ordering::SeqCst);
+            tracing::info!("a broker answers again");
+        }
+        reachable
     }
 
     /// Sends one record and waits for the broker's acknowledgement. Never blocks on a full
@@ -96,6 +160,13 @@ impl Producer {
         headers: OwnedHeaders,
     ) -> Result<Acked, ProduceError> {
         let started = Instant::now();
+        if !self.brokers_reachable().await {
+            metrics::counter!(PRODUCE_ERRORS, "topic" => topic.to_string(), "transient" => "true")
+                .increment(1);
+            return Err(ProduceError::Unavailable(
+                "every broker is down (no broker answered a metadata request)".into(),
+            ));
+        }
         let mut record = FutureRecord::<[u8], [u8]>::to(topic)
             .payload(payload)
             .headers(headers);
@@ -167,6 +238,7 @@ impl Producer {
             if brokers == 0 {
                 Err("no brokers in metadata".to_string())
             } else {
+                self.state.down.store(false, Ordering::SeqCst);
                 Ok(())
             }
         })

@@ -8,6 +8,7 @@ use substrate_avro::RegistryConfig;
 use substrate_db::DbConfig;
 use substrate_kafka::KafkaConfig;
 use substrate_runtime::config::{require_listen, require_positive, ConfigError, Validate};
+use substrate_runtime::http::HttpLimits;
 use substrate_runtime::telemetry::TelemetryConfig;
 use substrate_runtime::{LifecycleConfig, ServiceConfig};
 use substrate_s3::S3Config;
@@ -71,6 +72,9 @@ impl ServiceConfig for Config {
 pub struct SagaConfig {
     /// Address of the S3 event webhooks and `/healthz`, `/readyz`, `/metrics`.
     pub listen: String,
+    /// Timeouts and the cap on requests in progress of that listener.
+    #[serde(default)]
+    pub http: HttpLimits,
     pub group_id: String,
     /// Prepended to every media topic name (empty in production; tests isolate themselves).
     pub topic_prefix: String,
@@ -126,6 +130,7 @@ impl Validate for Config {
     fn validate(&self) -> Result<(), ConfigError> {
         let c = &self.media_saga;
         require_listen("media_saga.listen", &c.listen)?;
+        c.http.check("media_saga.http")?;
         require_positive(&[
             ("media_saga.upload_url_ttl_secs", c.upload_url_ttl_secs),
             ("media_saga.download_url_ttl_secs", c.download_url_ttl_secs),

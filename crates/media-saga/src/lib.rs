@@ -128,10 +128,10 @@ pub async fn serve(
         .with_state(engine.clone())
         .merge(ops::router(readiness));
     let token = shutdown.token();
+    let limits = c.http.clone();
     shutdown.spawn("http", async move {
-        axum::serve(listener, app)
-            .with_graceful_shutdown(async move { token.cancelled().await })
-            .await?;
+        let app = substrate_runtime::http::bounded(app, &limits);
+        substrate_runtime::http::serve(listener, app, &limits, token).await?;
         Ok(())
     });
     let arrivals = substrate_kafka::progress::GroupProgress::new(

@@ -20,16 +20,25 @@ pub enum Action {
         secrets: Vec<String>,
         #[serde(default)]
         headers: BTreeMap<String, String>,
+        /// How long to wait for this endpoint's answer, overriding the dispatcher's default.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        timeout_ms: Option<u64>,
     },
     /// Slack incoming webhook with a message template (`{{purchase.amount}}`).
     Slack {
         webhook_url: String,
         template: String,
+        /// How long to wait for this endpoint's answer, overriding the dispatcher's default.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        timeout_ms: Option<u64>,
     },
     /// Discord webhook with a message template.
     Discord {
         webhook_url: String,
         template: String,
+        /// How long to wait for this endpoint's answer, overriding the dispatcher's default.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        timeout_ms: Option<u64>,
     },
     /// Archive the event as NDJSON under `prefix/topic/date/…` in a bucket.
     S3 {
@@ -47,7 +56,20 @@ pub enum Action {
     },
 }
 
+/// The longest per-action HTTP timeout a rule may set.
+pub const MAX_TIMEOUT_MS: u64 = 120_000;
+
 impl Action {
+    /// The HTTP timeout this action sets for its endpoint, if any.
+    pub fn timeout_ms(&self) -> Option<u64> {
+        match self {
+            Self::Webhook { timeout_ms, .. }
+            | Self::Slack { timeout_ms, .. }
+            | Self::Discord { timeout_ms, .. } => *timeout_ms,
+            _ => None,
+        }
+    }
+
     pub fn kind(&self) -> &'static str {
         match self {
             Self::Webhook { .. } => "webhook",
@@ -72,6 +94,13 @@ pub fn parse_actions(value: &serde_json::Value, schema: &Schema) -> Result<Vec<A
             .map_err(|e| RuleError::Malformed(format!("action {index}: {e}")))?;
         let bad =
             |m: String| RuleError::Malformed(format!("action {index} ({}): {m}", action.kind()));
+        if let Some(timeout) = action.timeout_ms() {
+            if timeout == 0 || timeout > MAX_TIMEOUT_MS {
+                return Err(bad(format!(
+                    "timeout_ms must be between 1 and {MAX_TIMEOUT_MS}"
+                )));
+            }
+        }
         match &action {
             Action::Webhook { url, secrets, .. } => {
                 check_url(url).map_err(bad)?;
@@ -84,10 +113,12 @@ pub fn parse_actions(value: &serde_json::Value, schema: &Schema) -> Result<Vec<A
             Action::Slack {
                 webhook_url,
                 template,
+                ..
             }
             | Action::Discord {
                 webhook_url,
                 template,
+                ..
             } => {
                 check_url(webhook_url).map_err(bad)?;
                 for field in template_fields(template).map_err(bad)? {
@@ -205,6 +236,10 @@ mod tests {
             (
                 json!([{"type": "kafka", "topic": "t", "extra": 1}]),
                 "unknown field `extra`",
+            ),
+            (
+                json!([{"type": "webhook", "url": "https://x", "timeout_ms": 0}]),
+                "timeout_ms must be between 1 and 120000",
             ),
             (
                 json!([{"type": "notification", "event_type": "commerce.vip-purchase"}]),

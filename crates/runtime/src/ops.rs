@@ -117,9 +117,13 @@ pub fn spawn(
 ) -> tokio::task::JoinHandle<()> {
     let token = shutdown.token();
     shutdown.spawn("ops http", async move {
-        axum::serve(listener, router(readiness))
-            .with_graceful_shutdown(async move { token.cancelled().await })
-            .await?;
+        crate::http::serve(
+            listener,
+            router(readiness),
+            &crate::http::HttpLimits::default(),
+            token,
+        )
+        .await?;
         Ok(())
     })
 }

@@ -2,6 +2,9 @@
 //! AWS S3 and S3-compatible servers (SeaweedFS locally, MinIO in compose) through a custom
 //! endpoint and path-style addressing.
 
+use std::time::Duration;
+
+use aws_sdk_s3::config::timeout::TimeoutConfig;
 use aws_sdk_s3::config::{BehaviorVersion, Credentials, Region};
 use serde::Deserialize;
 
@@ -20,6 +23,27 @@ pub struct S3Config {
     /// `bucket` in the path rather than the host name (what most S3-compatible servers need).
     #[serde(default = "default_path_style")]
     pub path_style: bool,
+    /// Longest a TCP/TLS connection to the server may take to open.
+    #[serde(default = "default_connect_timeout_ms")]
+    pub connect_timeout_ms: u64,
+    /// Longest one attempt may wait for the server's first response bytes.
+    #[serde(default = "default_read_timeout_ms")]
+    pub read_timeout_ms: u64,
+    /// Longest one operation may take in all, its retries included.
+    #[serde(default = "default_operation_timeout_ms")]
+    pub operation_timeout_ms: u64,
+}
+
+fn default_connect_timeout_ms() -> u64 {
+    3_000
+}
+
+fn default_read_timeout_ms() -> u64 {
+    10_000
+}
+
+fn default_operation_timeout_ms() -> u64 {
+    30_000
 }
 
 fn default_region() -> String {
@@ -31,6 +55,25 @@ fn default_path_style() -> bool {
 }
 
 impl S3Config {
+    /// Static keys for `endpoint` (path style), every timeout at its default.
+    pub fn new(
+        endpoint: impl Into<String>,
+        region: impl Into<String>,
+        access_key_id: impl Into<String>,
+        secret_access_key: impl Into<String>,
+    ) -> Self {
+        Self {
+            endpoint: endpoint.into(),
+            region: region.into(),
+            access_key_id: access_key_id.into(),
+            secret_access_key: secret_access_key.into(),
+            path_style: true,
+            connect_timeout_ms: default_connect_timeout_ms(),
+            read_timeout_ms: default_read_timeout_ms(),
+            operation_timeout_ms: default_operation_timeout_ms(),
+        }
+    }
+
     /// Checks the settings a client cannot work without; the error names the key.
     pub fn check(&self, prefix: &str) -> Result<(), (String, &'static str)> {
         if self.access_key_id.is_empty() {
@@ -38,6 +81,15 @@ impl S3Config {
         }
         if self.secret_access_key.is_empty() {
             return Err((format!("{prefix}.secret_access_key"), "must not be empty"));
+        }
+        for (key, value) in [
+            ("connect_timeout_ms", self.connect_timeout_ms),
+            ("read_timeout_ms", self.read_timeout_ms),
+            ("operation_timeout_ms", self.operation_timeout_ms),
+        ] {
+            if value == 0 {
+                return Err((format!("{prefix}.{key}"), "must be > 0"));
+            }
         }
         let scheme_ok = ["http://", "https://"]
             .iter()
@@ -61,6 +113,13 @@ impl S3Config {
             .behavior_version(BehaviorVersion::latest())
             .region(Region::new(self.region.clone()))
             .credentials_provider(credentials)
+            .timeout_config(
+                TimeoutConfig::builder()
+                    .connect_timeout(Duration::from_millis(self.connect_timeout_ms))
+                    .read_timeout(Duration::from_millis(self.read_timeout_ms))
+                    .operation_timeout(Duration::from_millis(self.operation_timeout_ms))
+                    .build(),
+            )
             .force_path_style(self.path_style);
         if !self.endpoint.is_empty() {
             builder = builder.endpoint_url(&self.endpoint);

@@ -1,8 +1,11 @@
 //! HTTP deliveries (webhooks, Slack, Discord): one shared client that never follows redirects,
-//! a whole-request timeout, the SSRF guard, and a concurrency limit per endpoint (scheme, host,
-//! port) so a slow endpoint only ever occupies its own slots.
+//! a whole-request timeout (an action may set its own), the SSRF guard, a concurrency limit per
+//! endpoint (scheme, host, port) so a slow endpoint only ever occupies its own slots, a bound on
+//! how many requests may wait for one endpoint (beyond it the caller defers the request instead
+//! of holding it), and at most a few KiB read of any answer.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -19,12 +22,36 @@ pub struct HttpResult {
     pub status: Option<u16>,
 }
 
+/// At most this much of an answer is read (enough for an error message; the rest is dropped).
+const MAX_ANSWER_BYTES: usize = 4096;
+/// When the endpoint map holds this many entries, idle ones are removed.
+const PRUNE_AT: usize = 1024;
+
+/// One endpoint's slots and how many requests hold or wait for one.
+struct Endpoint {
+    permits: Arc<Semaphore>,
+    load: AtomicUsize,
+}
+
+/// Counts a request against its endpoint's load while it lives.
+struct Load(Arc<Endpoint>);
+
+/// A request's place in its endpoint's queue ([`HttpSink::reserve`]).
+pub struct Reservation(#[allow(dead_code)] Option<Load>);
+
+impl Drop for Load {
+    fn drop(&mut self) {
+        self.0.load.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
 pub struct HttpSink {
     client: reqwest::Client,
     allow_private: bool,
     timeout: Duration,
     per_endpoint: usize,
-    limits: Mutex<HashMap<String, Arc<Semaphore>>>,
+    per_endpoint_queue: usize,
+    endpoints: Mutex<HashMap<String, Arc<Endpoint>>>,
 }
 
 impl HttpSink {
@@ -32,6 +59,7 @@ impl HttpSink {
         timeout: Duration,
         connect_timeout: Duration,
         per_endpoint: usize,
+        per_endpoint_queue: usize,
         allow_private: bool,
     ) -> anyhow::Result<Self> {
         let mut builder = reqwest::Client::builder()
@@ -51,27 +79,68 @@ impl HttpSink {
             allow_private,
             timeout,
             per_endpoint,
-            limits: Mutex::new(HashMap::new()),
+            per_endpoint_queue: per_endpoint_queue.max(per_endpoint),
+            endpoints: Mutex::new(HashMap::new()),
         })
     }
 
-    fn limit(&self, url: &reqwest::Url) -> Arc<Semaphore> {
-        let key = format!(
+    fn key(url: &reqwest::Url) -> String {
+        format!(
             "{}://{}:{}",
             url.scheme(),
             url.host_str().unwrap_or_default(),
             url.port_or_known_default().unwrap_or_default()
-        );
-        self.limits
-            .lock()
-            .expect("endpoint limits lock")
+        )
+    }
+
+    fn endpoint(&self, key: String) -> Arc<Endpoint> {
+        let mut endpoints = self.endpoints.lock().expect("endpoints lock");
+        if endpoints.len() >= PRUNE_AT && !endpoints.contains_key(&key) {
+            // Entries nobody holds are idle: their endpoint has no request in flight.
+            endpoints.retain(|_, e| Arc::strong_count(e) > 1);
+        }
+        endpoints
             .entry(key)
-            .or_insert_with(|| Arc::new(Semaphore::new(self.per_endpoint)))
+            .or_insert_with(|| {
+                Arc::new(Endpoint {
+                    permits: Arc::new(Semaphore::new(self.per_endpoint)),
+                    load: AtomicUsize::new(0),
+                })
+            })
             .clone()
     }
 
-    /// POSTs a JSON `body` with `headers`.
-    pub async fn post(&self, url: &str, body: Vec<u8>, headers: &[(String, String)]) -> HttpResult {
+    /// Counts a request against its endpoint until the returned reservation is dropped; `None`
+    /// when the endpoint already has as many requests in flight or waiting as it may (the caller
+    /// defers the request rather than hold it in memory). Check and count are one step, so
+    /// concurrent callers never overshoot.
+    pub fn reserve(&self, url: &str) -> Option<Reservation> {
+        let Ok(url) = reqwest::Url::parse(url) else {
+            // `post` refuses it permanently.
+            return Some(Reservation(None));
+        };
+        let endpoint = self.endpoint(Self::key(&url));
+        let before = endpoint.load.fetch_add(1, Ordering::SeqCst);
+        if before >= self.per_endpoint_queue {
+            endpoint.load.fetch_sub(1, Ordering::SeqCst);
+            return None;
+        }
+        Some(Reservation(Some(Load(endpoint))))
+    }
+
+    /// Endpoints currently known (for tests and metrics).
+    pub fn tracked_endpoints(&self) -> usize {
+        self.endpoints.lock().expect("endpoints lock").len()
+    }
+
+    /// POSTs a JSON `body` with `headers`, waiting at most `timeout` (else the default).
+    pub async fn post(
+        &self,
+        url: &str,
+        body: Vec<u8>,
+        headers: &[(String, String)],
+        timeout: Option<Duration>,
+    ) -> HttpResult {
         let permanent = |reason: String| HttpResult {
             outcome: Outcome::Permanent { reason },
             status: None,
@@ -99,12 +168,21 @@ impl HttpSink {
                 _ => return permanent(format!("header `{name}` is not a valid HTTP header")),
             }
         }
-        let limit = self.limit(&url);
-        let _permit = limit
+        let endpoint = self.endpoint(Self::key(&url));
+        let _permit = endpoint
+            .permits
+            .clone()
             .acquire_owned()
             .await
             .expect("semaphores are never closed");
-        match self.client.post(url).headers(map).body(body).send().await {
+        let timeout = timeout.unwrap_or(self.timeout);
+        let request = self
+            .client
+            .post(url)
+            .headers(map)
+            .body(body)
+            .timeout(timeout);
+        match request.send().await {
             Ok(response) => {
                 let status = response.status().as_u16();
                 let retry_after = response
@@ -112,8 +190,9 @@ impl HttpSink {
                     .get(RETRY_AFTER)
                     .and_then(|v| v.to_str().ok())
                     .map(String::from);
-                // Read (and bound) the body so the connection can be reused.
-                let _ = tokio::time::timeout(Duration::from_secs(1), response.bytes()).await;
+                // Read a short answer so the connection can be reused; a longer one is cut off
+                // (and its connection closed) rather than read into memory.
+                let _ = tokio::time::timeout(Duration::from_secs(1), drain(response)).await;
                 HttpResult {
                     outcome: classify_status(status, retry_after.as_deref()),
                     status: Some(status),
@@ -121,7 +200,7 @@ impl HttpSink {
             }
             Err(e) => {
                 let reason = if e.is_timeout() {
-                    format!("timed out after {} ms", self.timeout.as_millis())
+                    format!("timed out after {} ms", timeout.as_millis())
                 } else {
                     error_chain(&e)
                 };
@@ -137,6 +216,17 @@ impl HttpSink {
                     }
                 }
             }
+        }
+    }
+}
+
+/// Reads at most [`MAX_ANSWER_BYTES`] of an answer.
+async fn drain(mut response: reqwest::Response) {
+    let mut read = 0;
+    while let Ok(Some(chunk)) = response.chunk().await {
+        read += chunk.len();
+        if read >= MAX_ANSWER_BYTES {
+            break;
         }
     }
 }

@@ -220,6 +220,47 @@ impl Setup {
         request
     }
 
+    /// Produces many requests concurrently (in chunks), in the order given per key.
+    pub async fn send_many(&self, producer: &FutureProducer, requests: &[Request]) {
+        let catalog = substrate_avro::Catalog::load(&repo_root().join("avro")).unwrap();
+        let schema = catalog.get("internal.dispatch.requests").unwrap().clone();
+        let registry = self.stack.registry();
+        for chunk in requests.chunks(500) {
+            let mut encoded = Vec::with_capacity(chunk.len());
+            for request in chunk {
+                let value = registry
+                    .encode(
+                        "internal.dispatch.requests",
+                        request_avro_with(&schema, request),
+                    )
+                    .await
+                    .unwrap();
+                encoded.push((request, value));
+            }
+            let sends = encoded.iter().map(|(request, value)| {
+                let id = request.request_id.to_string();
+                async move {
+                    let headers = OwnedHeaders::new().insert(Header {
+                        key: "ce_id",
+                        value: Some(id.as_str()),
+                    });
+                    producer
+                        .send(
+                            FutureRecord::<str, [u8]>::to(&self.requests_topic)
+                                .key(&request.event_id)
+                                .payload(value)
+                                .headers(headers),
+                            Duration::from_secs(10),
+                        )
+                        .await
+                        .map_err(|(e, _)| e)
+                        .unwrap();
+                }
+            });
+            futures::future::join_all(sends).await;
+        }
+    }
+
     pub async fn send_request(&self, producer: &FutureProducer, request: &Request) {
         let value = self
             .stack
@@ -248,7 +289,13 @@ impl Setup {
 
 fn request_avro(request: &Request) -> apache_avro::types::Value {
     let catalog = substrate_avro::Catalog::load(&repo_root().join("avro")).unwrap();
-    let schema = catalog.get("internal.dispatch.requests").unwrap();
+    request_avro_with(catalog.get("internal.dispatch.requests").unwrap(), request)
+}
+
+fn request_avro_with(
+    schema: &substrate_avro::TopicSchema,
+    request: &Request,
+) -> apache_avro::types::Value {
     schema
         .to_avro(&json!({
             "request_id": request.request_id.to_string(),

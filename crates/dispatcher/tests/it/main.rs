@@ -10,7 +10,7 @@ use std::io::Write;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use harness::{audit_rows, purchase, Answer, Receiver, Setup};
+use harness::{audit_rows, purchase, Answer, Receiver, Request, Setup};
 use rdkafka::message::{Headers, Message};
 use serde_json::{json, Value};
 use substrate_testkit::{eventually, test_python, unique, workspace_bin};
@@ -464,6 +464,68 @@ async fn gone_disables_the_endpoint_until_an_operator_enables_it() {
             .await
             .len(),
         1
+    );
+    running.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn thousands_of_requests_to_a_hanging_endpoint_do_not_stall_the_others() {
+    let mut setup = Setup::new(&["1h"]).await;
+    setup.timeout_ms = 10_000;
+    let running = setup.start().await;
+    let hanging = Receiver::start(Answer::Hang).await;
+    let healthy = Receiver::start(Answer::Status(200)).await;
+    let producer = setup.producer();
+
+    // 5,000 requests to an endpoint that never answers, with 100 to a healthy one among them
+    // (one after every fifty), all written before most are read.
+    let mut requests = Vec::new();
+    let mut healthy_ids = Vec::new();
+    for i in 0..5100 {
+        let url = if i % 51 == 50 {
+            healthy.url("/ok")
+        } else {
+            hanging.url("/hang")
+        };
+        let request = Request::new(json!({"type": "webhook", "url": url}), purchase("VIP", 1.0));
+        if i % 51 == 50 {
+            healthy_ids.push(request.request_id);
+        }
+        requests.push(request);
+    }
+    assert_eq!(healthy_ids.len(), 100);
+    let started = Instant::now();
+    setup.send_many(&producer, &requests).await;
+    let sent = started.elapsed();
+    for id in &healthy_ids {
+        assert_eq!(
+            healthy.wait_for(id, 1, Duration::from_secs(60)).await.len(),
+            1
+        );
+    }
+    let last = healthy.hits().iter().map(|h| h.at).max().unwrap();
+    // The hanging endpoint's 10 s timeout never came into it: every healthy delivery landed
+    // while its first requests were still hanging.
+    assert!(
+        last - started < sent + Duration::from_secs(8),
+        "healthy deliveries took {:?} (sending took {sent:?})",
+        last - started
+    );
+    // The fault landed: the hanging endpoint was saturated and the rest deferred.
+    let hung = hanging.hits().len();
+    assert!(
+        (1..=256).contains(&hung),
+        "the hanging endpoint held at most its queue: {hung}"
+    );
+    let metrics = substrate_runtime::ops::metrics_handle().render();
+    let deferred: f64 = metrics
+        .lines()
+        .filter(|l| l.starts_with("dispatcher_deferred_total{"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum();
+    assert!(
+        deferred >= 4000.0,
+        "requests beyond the endpoint's queue were deferred: {deferred}"
     );
     running.stop().await;
 }

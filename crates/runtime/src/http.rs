@@ -1,0 +1,176 @@
+//! Serving an axum router with the bounds a listener needs: a timeout for the request head (a
+//! client that connects and dribbles bytes cannot hold a connection), a timeout per request, and
+//! a cap on requests in progress beyond which new ones are shed at once with 503 + `Retry-After`
+//! instead of queueing without bound. At shutdown the listener closes and requests in progress
+//! finish; the service's drain bounds how long that may take. HTTP/1.1 only.
+
+use std::time::Duration;
+
+use axum::error_handling::HandleErrorLayer;
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::{BoxError, Json, Router};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::service::TowerToHyperService;
+use serde::Deserialize;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tower::limit::GlobalConcurrencyLimitLayer;
+use tower::ServiceBuilder;
+
+/// Requests shed or timed out, by `reason` (`overloaded`, `timeout`).
+pub const HTTP_SHED: &str = "substrate_http_requests_shed_total";
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpLimits {
+    /// Longest a client may take to send a request line and headers.
+    #[serde(default = "default_header_read_timeout_ms")]
+    pub header_read_timeout_ms: u64,
+    /// Longest a request may take in all, its body included; then 503 + `Retry-After`.
+    #[serde(default = "default_request_timeout_ms")]
+    pub request_timeout_ms: u64,
+    /// Longest reading a request body may take; then 408.
+    #[serde(default = "default_body_read_timeout_ms")]
+    pub body_read_timeout_ms: u64,
+    /// Requests in progress at once; more are answered 503 + `Retry-After` immediately.
+    #[serde(default = "default_max_concurrent_requests")]
+    pub max_concurrent_requests: usize,
+    /// The `Retry-After` of shed requests, in seconds.
+    #[serde(default = "default_retry_after_secs")]
+    pub retry_after_secs: u64,
+}
+
+impl Default for HttpLimits {
+    fn default() -> Self {
+        Self {
+            header_read_timeout_ms: default_header_read_timeout_ms(),
+            request_timeout_ms: default_request_timeout_ms(),
+            body_read_timeout_ms: default_body_read_timeout_ms(),
+            max_concurrent_requests: default_max_concurrent_requests(),
+            retry_after_secs: default_retry_after_secs(),
+        }
+    }
+}
+
+fn default_header_read_timeout_ms() -> u64 {
+    10_000
+}
+
+fn default_request_timeout_ms() -> u64 {
+    30_000
+}
+
+fn default_body_read_timeout_ms() -> u64 {
+    10_000
+}
+
+fn default_max_concurrent_requests() -> usize {
+    2048
+}
+
+fn default_retry_after_secs() -> u64 {
+    1
+}
+
+impl HttpLimits {
+    /// The first key that cannot work, named under `prefix`.
+    pub fn check(&self, prefix: &str) -> Result<(), crate::ConfigError> {
+        for (key, value) in [
+            ("header_read_timeout_ms", self.header_read_timeout_ms),
+            ("request_timeout_ms", self.request_timeout_ms),
+            ("body_read_timeout_ms", self.body_read_timeout_ms),
+            (
+                "max_concurrent_requests",
+                self.max_concurrent_requests as u64,
+            ),
+        ] {
+            if value == 0 {
+                return Err(crate::ConfigError::invalid(
+                    format!("{prefix}.{key}"),
+                    "must be > 0",
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    pub fn body_read_timeout(&self) -> Duration {
+        Duration::from_millis(self.body_read_timeout_ms)
+    }
+}
+
+/// `router` behind the request timeout and the concurrency cap with load shedding.
+pub fn bounded(router: Router, limits: &HttpLimits) -> Router {
+    let retry_after = limits.retry_after_secs;
+    router.layer(
+        ServiceBuilder::new()
+            .layer(HandleErrorLayer::new(move |error: BoxError| async move {
+                shed(&error, retry_after)
+            }))
+            .load_shed()
+            // One limit for the whole router (the plain layer would give each route its own).
+            .layer(GlobalConcurrencyLimitLayer::new(
+                limits.max_concurrent_requests,
+            ))
+            .timeout(Duration::from_millis(limits.request_timeout_ms)),
+    )
+}
+
+fn shed(error: &BoxError, retry_after: u64) -> Response {
+    let (reason, message) = if error.is::<tower::load_shed::error::Overloaded>() {
+        ("overloaded", "too many requests in progress; retry later")
+    } else if error.is::<tower::timeout::error::Elapsed>() {
+        ("timeout", "the request took too long; retry later")
+    } else {
+        ("unavailable", "the request could not be served")
+    };
+    metrics::counter!(HTTP_SHED, "reason" => reason).increment(1);
+    let body = serde_json::json!({"error": {"code": reason, "message": message}});
+    let mut response = (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response();
+    response
+        .headers_mut()
+        .insert(header::RETRY_AFTER, HeaderValue::from(retry_after.max(1)));
+    response
+}
+
+/// Serves `router` (already [`bounded`] or not) on `listener` until `shutdown`, then lets the
+/// requests in progress finish.
+pub async fn serve(
+    listener: TcpListener,
+    router: Router,
+    limits: &HttpLimits,
+    shutdown: CancellationToken,
+) -> std::io::Result<()> {
+    let graceful = GracefulShutdown::new();
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(Duration::from_millis(limits.header_read_timeout_ms));
+    loop {
+        let stream = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(e) => {
+                    // Out of descriptors or a connection reset before accept: keep serving.
+                    tracing::warn!(error = %e, "accepting a connection failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let _ = stream.set_nodelay(true);
+        let service = TowerToHyperService::new(router.clone());
+        let connection = graceful.watch(builder.serve_connection(TokioIo::new(stream), service));
+        tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                tracing::debug!(error = %e, "connection ended with an error");
+            }
+        });
+    }
+    drop(listener);
+    graceful.shutdown().await;
+    Ok(())
+}
