@@ -3,8 +3,12 @@
 #   1. idle RSS of each service
 #   2. the notification-writer draining a backlog of 100,000 events (loadgen writer), then upload
 #      sagas end to end through gateway, media-saga, S3 and the writer (loadgen media)
-#   3. the raw producer ceiling (loadgen raw), then the gateway over HTTP with the same payload:
-#      batches, single events (closed loop), and a fixed 2,000 req/s for latency
+#   3. ingest against the broker's real ceiling, twice — with the whole stack running, then with
+#      the consumers stopped: Kafka's own ProducerPerformance (kafka-tools of the broker's release,
+#      resolved from Maven Central on the first bench run) and a multi-task rdkafka producer
+#      (loadgen raw) on 3-partition topics with ~300-byte records, acks=all, idempotent; then the
+#      gateway over HTTP (batches of 100, single events, a fixed 2,000 req/s for latency), and
+#      batched ingest as a ratio of the higher ceiling
 #   4. the dispatcher: signed webhooks delivered to a local receiver (loadgen dispatch)
 #   5. the rule-evaluator: consume → evaluate → produce requests and unified events (loadgen rules)
 # The ingest runs happen with the notification-writer stopped, so that it does not compete for
@@ -47,13 +51,47 @@ echo "== media sagas (intent → upload_ready → PUT → upload-complete → co
 "$L" media --uploads 1000 --concurrency 8
 "$L" media --uploads 1000 --concurrency 32
 
-kill -TERM "$(head -n1 .local/run/notification-writer.pid)"
-sleep 2
-echo "== ingest (notification-writer stopped)"
-"$L" raw --duration "$DURATION"
-"$L" http --batch 100 --connections 8 --duration "$DURATION"
-"$L" http --connections 128 --duration "$DURATION"
-"$L" http --rate 2000 --duration "$DURATION"
+KT=.local/tools/kafka-tools/libs
+if [[ ! -f "$KT/kafka-tools-4.4.0.jar" ]]; then
+  echo "(resolving kafka-tools 4.4.0 from Maven Central into $KT)"
+  mvn -q -B -ntp -f stack/kafka-tools/pom.xml dependency:copy-dependencies \
+    -DoutputDirectory="$KT" -DincludeScope=runtime
+fi
+kafka_tool() { java -Xmx512m -cp "$KT/*" "$@"; }
+kafka_tool org.apache.kafka.tools.TopicCommand --bootstrap-server "$KAFKA_BOOTSTRAP_SERVERS" \
+  --create --if-not-exists --topic bench.ceiling --partitions 3 --replication-factor 1 >/dev/null
+
+# One round: both ceilings, the gateway, and the ratio. $1 names the round.
+ingest_round() {
+  local label=$1 perf raw batched ceiling
+  echo "-- ceiling: Kafka ProducerPerformance, 1,000,000 x 300 B to 3 partitions, acks=all, idempotent ($label)"
+  perf=$(kafka_tool org.apache.kafka.tools.ProducerPerformance --topic bench.ceiling \
+    --num-records 1000000 --record-size 300 --throughput -1 \
+    --producer-props bootstrap.servers="$KAFKA_BOOTSTRAP_SERVERS" acks=all enable.idempotence=true \
+      linger.ms=5 batch.size=262144 compression.type=none | tail -n 1)
+  echo "$perf"
+  perf=$(sed -E 's/.* records sent, ([0-9.]+) records\/sec.*/\1/' <<<"$perf")
+  echo "-- ceiling: loadgen raw, 4 tasks, keys spread over 3 partitions, ~300 B Avro records ($label)"
+  raw=$("$L" raw --duration "$DURATION" --tasks 4 --message-bytes 200 | tee /dev/stderr \
+    | sed -nE 's/^raw producer: .* = ([0-9]+) events\/s$/\1/p')
+  echo "-- gateway ($label)"
+  batched=$("$L" http --batch 100 --connections 16 --duration "$DURATION" | tee /dev/stderr \
+    | sed -nE 's/^.*: [0-9]+ events in .* = ([0-9]+) events\/s$/\1/p' | head -n 1)
+  "$L" http --connections 64 --duration "$DURATION"
+  "$L" http --rate 2000 --duration "$DURATION"
+  ceiling=$(awk -v a="${perf:-0}" -v b="${raw:-0}" 'BEGIN { print (a > b ? a : b) }')
+  awk -v g="${batched:-0}" -v c="$ceiling" -v l="$label" \
+    'BEGIN { printf "ratio (%s): gateway batched ingest %.0f events/s = %.2f x the broker ceiling %.0f records/s\n", l, g, (c > 0 ? g / c : 0), c }'
+}
+
+echo "== ingest with the whole stack running"
+ingest_round "whole stack"
+echo "== ingest with the consumers stopped (notification-writer, rule-evaluator, dispatcher, media-saga)"
+for name in media-saga dispatcher rule-evaluator notification-writer; do
+  kill -TERM "$(head -n1 ".local/run/$name.pid")"
+done
+sleep 3
+ingest_round "consumers stopped"
 
 SKIP_BUILD=1 bash scripts/stack/services.sh start >/dev/null
 

@@ -31,6 +31,8 @@ dispatcher:
     connect_timeout_ms: 5000
     per_endpoint_concurrency: 64
     per_endpoint_queue: 256
+    per_endpoint_max: 2048
+    stall_ms: 2000
     allow_private_targets: false
   archive:
     max_records: 1000
@@ -111,10 +113,16 @@ pub struct HttpConfig {
     pub connect_timeout_ms: u64,
     /// Deliveries in flight to one endpoint (scheme, host and port).
     pub per_endpoint_concurrency: usize,
-    /// Requests one endpoint may have in flight or waiting; more are deferred to the first delay
-    /// topic (not counted as an attempt), so a hanging endpoint holds at most this many of the
-    /// `max_in_flight` slots and every other endpoint keeps flowing.
+    /// Requests one endpoint may always have in flight or waiting for a slot. Beyond it, an
+    /// endpoint that answered nothing for `stall_ms` (hanging) gets its requests deferred to the
+    /// first delay topic (not counted as an attempt) instead of held.
     pub per_endpoint_queue: usize,
+    /// Requests one endpoint may never exceed, answering or not: the rest of `max_in_flight`
+    /// stays for the other endpoints.
+    pub per_endpoint_max: usize,
+    /// How long an endpoint with requests waiting may go without any answer before it counts
+    /// as stalled.
+    pub stall_ms: u64,
     /// Allow loopback, private and link-local targets (the local stack; never in production).
     pub allow_private_targets: bool,
 }
@@ -131,6 +139,15 @@ pub struct ArchiveConfig {
 }
 
 impl DispatcherConfig {
+    pub fn endpoint_limits(&self) -> crate::sinks::http::EndpointLimits {
+        crate::sinks::http::EndpointLimits {
+            concurrency: self.http.per_endpoint_concurrency,
+            queue: self.http.per_endpoint_queue,
+            max: self.http.per_endpoint_max,
+            stall: Duration::from_millis(self.http.stall_ms),
+        }
+    }
+
     pub fn schedule(&self) -> Result<Schedule, String> {
         Schedule::parse(&self.retry.topic_prefix, &self.retry.delays)
     }
@@ -162,6 +179,7 @@ impl Validate for Config {
                 "dispatcher.http.per_endpoint_queue",
                 c.http.per_endpoint_queue as u64,
             ),
+            ("dispatcher.http.stall_ms", c.http.stall_ms),
             (
                 "dispatcher.archive.max_records",
                 c.archive.max_records as u64,
@@ -170,11 +188,17 @@ impl Validate for Config {
             ("dispatcher.archive.max_wait_ms", c.archive.max_wait_ms),
         ])?;
         if c.http.per_endpoint_queue < c.http.per_endpoint_concurrency
-            || c.http.per_endpoint_queue >= c.max_in_flight
+            || c.http.per_endpoint_queue > c.http.per_endpoint_max
         {
             return Err(ConfigError::invalid(
                 "dispatcher.http.per_endpoint_queue",
-                "must be at least per_endpoint_concurrency and below max_in_flight",
+                "must be at least per_endpoint_concurrency and at most per_endpoint_max",
+            ));
+        }
+        if c.http.per_endpoint_max >= c.max_in_flight {
+            return Err(ConfigError::invalid(
+                "dispatcher.http.per_endpoint_max",
+                "must be below max_in_flight (the rest is for other endpoints)",
             ));
         }
         if let Some(s3) = &self.s3 {

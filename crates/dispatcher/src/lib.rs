@@ -84,8 +84,7 @@ pub async fn serve(
     let http = sinks::http::HttpSink::new(
         c.timeout(),
         Duration::from_millis(c.http.connect_timeout_ms),
-        c.http.per_endpoint_concurrency,
-        c.http.per_endpoint_queue,
+        c.endpoint_limits(),
         c.http.allow_private_targets,
     )?;
     let archiver = sinks::archive::Archiver::start(

@@ -67,10 +67,15 @@ impl<C: Consumer + Send + Sync + 'static> DelayGate<C> {
             tracing::warn!(topic = message.topic(), partition = message.partition(), error = %e, "rewinding a delay partition failed");
         }
         paused.insert(key, message.offset());
-        let consumer = self.consumer.clone();
+        // The timer must not keep the consumer alive: the service drops it when it stops, so
+        // librdkafka closes it then, never from a timer dropped during the runtime's teardown.
+        let consumer = Arc::downgrade(&self.consumer);
         let wait = Duration::from_millis((due - now) as u64);
         tokio::spawn(async move {
             tokio::time::sleep(wait).await;
+            let Some(consumer) = consumer.upgrade() else {
+                return;
+            };
             if let Err(e) = consumer.resume(&list) {
                 tracing::debug!(error = %e, "resuming a delay partition failed (revoked?)");
             }

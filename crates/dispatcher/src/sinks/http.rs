@@ -1,13 +1,13 @@
 //! HTTP deliveries (webhooks, Slack, Discord): one shared client that never follows redirects,
 //! a whole-request timeout (an action may set its own), the SSRF guard, a concurrency limit per
-//! endpoint (scheme, host, port) so a slow endpoint only ever occupies its own slots, a bound on
-//! how many requests may wait for one endpoint (beyond it the caller defers the request instead
-//! of holding it), and at most a few KiB read of any answer.
+//! endpoint (scheme, host, port) so a slow endpoint only ever occupies its own slots, bounds on
+//! how many requests may wait for one endpoint (beyond them the caller defers the request to a
+//! delay topic instead of holding it), and at most a few KiB read of any answer.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
 
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue, CONTENT_TYPE, RETRY_AFTER};
 use tokio::sync::Semaphore;
@@ -27,10 +27,35 @@ const MAX_ANSWER_BYTES: usize = 4096;
 /// When the endpoint map holds this many entries, idle ones are removed.
 const PRUNE_AT: usize = 1024;
 
-/// One endpoint's slots and how many requests hold or wait for one.
+/// How many requests one endpoint may hold, and when it counts as stalled.
+#[derive(Debug, Clone, Copy)]
+pub struct EndpointLimits {
+    /// Deliveries in flight at once.
+    pub concurrency: usize,
+    /// Requests always admitted (in flight or waiting for a slot).
+    pub queue: usize,
+    /// Requests never exceeded, so other endpoints keep the rest of the in-flight slots.
+    pub max: usize,
+    /// An endpoint that answered nothing for this long is stalled: beyond `queue`, its requests
+    /// are deferred rather than held.
+    pub stall: Duration,
+}
+
+/// One endpoint's slots, how many requests hold or wait for one, and when it last answered.
 struct Endpoint {
     permits: Arc<Semaphore>,
     load: AtomicUsize,
+    /// Milliseconds since [`epoch`] of its last answer, or of when it became busy.
+    progress_ms: AtomicU64,
+}
+
+fn epoch() -> Instant {
+    static EPOCH: OnceLock<Instant> = OnceLock::new();
+    *EPOCH.get_or_init(Instant::now)
+}
+
+fn now_ms() -> u64 {
+    epoch().elapsed().as_millis() as u64
 }
 
 /// Counts a request against its endpoint's load while it lives.
@@ -49,8 +74,7 @@ pub struct HttpSink {
     client: reqwest::Client,
     allow_private: bool,
     timeout: Duration,
-    per_endpoint: usize,
-    per_endpoint_queue: usize,
+    limits: EndpointLimits,
     endpoints: Mutex<HashMap<String, Arc<Endpoint>>>,
 }
 
@@ -58,15 +82,14 @@ impl HttpSink {
     pub fn new(
         timeout: Duration,
         connect_timeout: Duration,
-        per_endpoint: usize,
-        per_endpoint_queue: usize,
+        limits: EndpointLimits,
         allow_private: bool,
     ) -> anyhow::Result<Self> {
         let mut builder = reqwest::Client::builder()
             .redirect(reqwest::redirect::Policy::none())
             .timeout(timeout)
             .connect_timeout(connect_timeout)
-            .pool_max_idle_per_host(per_endpoint)
+            .pool_max_idle_per_host(limits.concurrency)
             .user_agent(concat!(
                 "event-substrate-dispatcher/",
                 env!("CARGO_PKG_VERSION")
@@ -78,8 +101,7 @@ impl HttpSink {
             client: builder.build()?,
             allow_private,
             timeout,
-            per_endpoint,
-            per_endpoint_queue: per_endpoint_queue.max(per_endpoint),
+            limits,
             endpoints: Mutex::new(HashMap::new()),
         })
     }
@@ -103,17 +125,20 @@ impl HttpSink {
             .entry(key)
             .or_insert_with(|| {
                 Arc::new(Endpoint {
-                    permits: Arc::new(Semaphore::new(self.per_endpoint)),
+                    permits: Arc::new(Semaphore::new(self.limits.concurrency)),
                     load: AtomicUsize::new(0),
+                    progress_ms: AtomicU64::new(now_ms()),
                 })
             })
             .clone()
     }
 
     /// Counts a request against its endpoint until the returned reservation is dropped; `None`
-    /// when the endpoint already has as many requests in flight or waiting as it may (the caller
-    /// defers the request rather than hold it in memory). Check and count are one step, so
-    /// concurrent callers never overshoot.
+    /// when the endpoint may not hold another: it holds `limits.max` already, or it holds
+    /// `limits.queue` and answered nothing for `limits.stall` (hanging). The caller defers the
+    /// request rather than hold it in memory. A busy endpoint that keeps answering is not
+    /// deferred below `limits.max`. Check and count are one step, so concurrent callers never
+    /// overshoot.
     pub fn reserve(&self, url: &str) -> Option<Reservation> {
         let Ok(url) = reqwest::Url::parse(url) else {
             // `post` refuses it permanently.
@@ -121,7 +146,15 @@ impl HttpSink {
         };
         let endpoint = self.endpoint(Self::key(&url));
         let before = endpoint.load.fetch_add(1, Ordering::SeqCst);
-        if before >= self.per_endpoint_queue {
+        let now = now_ms();
+        if before == 0 {
+            // Busy from now: the stall clock starts here, not at its last answer long ago.
+            endpoint.progress_ms.store(now, Ordering::SeqCst);
+        }
+        let quiet = now.saturating_sub(endpoint.progress_ms.load(Ordering::SeqCst));
+        let admit = before < self.limits.queue
+            || (before < self.limits.max && quiet <= self.limits.stall.as_millis() as u64);
+        if !admit {
             endpoint.load.fetch_sub(1, Ordering::SeqCst);
             return None;
         }
@@ -182,7 +215,12 @@ impl HttpSink {
             .headers(map)
             .body(body)
             .timeout(timeout);
-        match request.send().await {
+        let sent = request.send().await;
+        // Any answer (an error status, a refused connection) is progress; a timeout is not.
+        if !matches!(&sent, Err(e) if e.is_timeout()) {
+            endpoint.progress_ms.store(now_ms(), Ordering::SeqCst);
+        }
+        match sent {
             Ok(response) => {
                 let status = response.status().as_u16();
                 let retry_after = response

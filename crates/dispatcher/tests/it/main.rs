@@ -511,11 +511,12 @@ async fn thousands_of_requests_to_a_hanging_endpoint_do_not_stall_the_others() {
         "healthy deliveries took {:?} (sending took {sent:?})",
         last - started
     );
-    // The fault landed: the hanging endpoint was saturated and the rest deferred.
+    // The fault landed: the hanging endpoint had its 64 slots taken, held at most 2,048 (its
+    // per-endpoint maximum) and, once it had answered nothing for 2 s, the rest was deferred.
     let hung = hanging.hits().len();
     assert!(
-        (1..=256).contains(&hung),
-        "the hanging endpoint held at most its queue: {hung}"
+        (1..=64).contains(&hung),
+        "the hanging endpoint got at most its concurrency: {hung}"
     );
     let metrics = substrate_runtime::ops::metrics_handle().render();
     let deferred: f64 = metrics
@@ -524,8 +525,8 @@ async fn thousands_of_requests_to_a_hanging_endpoint_do_not_stall_the_others() {
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .sum();
     assert!(
-        deferred >= 4000.0,
-        "requests beyond the endpoint's queue were deferred: {deferred}"
+        deferred >= 2500.0,
+        "requests beyond what the endpoint may hold were deferred: {deferred}"
     );
     running.stop().await;
 }
