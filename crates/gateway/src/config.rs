@@ -9,7 +9,7 @@ use substrate_kafka::KafkaConfig;
 use substrate_runtime::config::{require_listen, ConfigError, Validate};
 use substrate_runtime::http::HttpLimits;
 use substrate_runtime::telemetry::TelemetryConfig;
-use substrate_runtime::{LifecycleConfig, ServiceConfig};
+use substrate_runtime::LifecycleConfig;
 
 pub const DEFAULTS: &str = r#"
 gateway:
@@ -82,15 +82,7 @@ pub struct Config {
     pub lifecycle: LifecycleConfig,
 }
 
-impl ServiceConfig for Config {
-    fn telemetry(&self) -> &TelemetryConfig {
-        &self.telemetry
-    }
-
-    fn lifecycle(&self) -> &LifecycleConfig {
-        &self.lifecycle
-    }
-}
+substrate_runtime::service_config!(Config);
 
 /// The media intent endpoints (`/api/v1/media/*-intent`).
 #[derive(Debug, Clone, Deserialize)]

@@ -10,7 +10,7 @@ use substrate_kafka::KafkaConfig;
 use substrate_runtime::config::{require_listen, require_positive, ConfigError, Validate};
 use substrate_runtime::http::HttpLimits;
 use substrate_runtime::telemetry::TelemetryConfig;
-use substrate_runtime::{LifecycleConfig, ServiceConfig};
+use substrate_runtime::LifecycleConfig;
 use substrate_s3::S3Config;
 
 pub const DEFAULTS: &str = r#"
@@ -57,15 +57,7 @@ pub struct Config {
     pub lifecycle: LifecycleConfig,
 }
 
-impl ServiceConfig for Config {
-    fn telemetry(&self) -> &TelemetryConfig {
-        &self.telemetry
-    }
-
-    fn lifecycle(&self) -> &LifecycleConfig {
-        &self.lifecycle
-    }
-}
+substrate_runtime::service_config!(Config);
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -10,7 +10,7 @@ use substrate_db::DbConfig;
 use substrate_kafka::KafkaConfig;
 use substrate_runtime::config::{require_listen, ConfigError, Validate};
 use substrate_runtime::telemetry::TelemetryConfig;
-use substrate_runtime::{LifecycleConfig, ServiceConfig};
+use substrate_runtime::LifecycleConfig;
 
 use crate::mapping::Mapping;
 
@@ -97,15 +97,7 @@ pub struct Config {
     pub lifecycle: LifecycleConfig,
 }
 
-impl ServiceConfig for Config {
-    fn telemetry(&self) -> &TelemetryConfig {
-        &self.telemetry
-    }
-
-    fn lifecycle(&self) -> &LifecycleConfig {
-        &self.lifecycle
-    }
-}
+substrate_runtime::service_config!(Config);
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]

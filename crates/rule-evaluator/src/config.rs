@@ -8,7 +8,7 @@ use substrate_db::DbConfig;
 use substrate_kafka::KafkaConfig;
 use substrate_runtime::config::{require_listen, ConfigError, Validate};
 use substrate_runtime::telemetry::TelemetryConfig;
-use substrate_runtime::{LifecycleConfig, ServiceConfig};
+use substrate_runtime::LifecycleConfig;
 
 pub const DEFAULTS: &str = r#"
 rule_evaluator:
@@ -45,15 +45,7 @@ pub struct Config {
     pub lifecycle: LifecycleConfig,
 }
 
-impl ServiceConfig for Config {
-    fn telemetry(&self) -> &TelemetryConfig {
-        &self.telemetry
-    }
-
-    fn lifecycle(&self) -> &LifecycleConfig {
-        &self.lifecycle
-    }
-}
+substrate_runtime::service_config!(Config);
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -22,6 +22,23 @@ pub trait ServiceConfig {
     fn lifecycle(&self) -> &shutdown::LifecycleConfig;
 }
 
+/// Implements [`ServiceConfig`] for a configuration struct with `telemetry` and `lifecycle`
+/// fields.
+#[macro_export]
+macro_rules! service_config {
+    ($config:ty) => {
+        impl $crate::ServiceConfig for $config {
+            fn telemetry(&self) -> &$crate::telemetry::TelemetryConfig {
+                &self.telemetry
+            }
+
+            fn lifecycle(&self) -> &$crate::LifecycleConfig {
+                &self.lifecycle
+            }
+        }
+    };
+}
+
 /// The body of every service's `main`: report a configuration error (exit 2), set up logging,
 /// cancel on SIGTERM/SIGINT (a second signal exits at once), run, drain the tracked background
 /// tasks within the configured grace, and exit 0 after a clean stop or 1 after a failure (of
