@@ -55,7 +55,7 @@ KT=.local/tools/kafka-tools/libs
 if [[ ! -f "$KT/kafka-tools-4.4.0.jar" ]]; then
   echo "(resolving kafka-tools 4.4.0 from Maven Central into $KT)"
   mvn -q -B -ntp -f stack/kafka-tools/pom.xml dependency:copy-dependencies \
-    -DoutputDirectory="$KT" -DincludeScope=runtime
+    -DoutputDirectory="$PWD/$KT" -DincludeScope=runtime
 fi
 kafka_tool() { java -Xmx512m -cp "$KT/*" "$@"; }
 kafka_tool org.apache.kafka.tools.TopicCommand --bootstrap-server "$KAFKA_BOOTSTRAP_SERVERS" \

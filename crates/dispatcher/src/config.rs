@@ -31,8 +31,7 @@ dispatcher:
     connect_timeout_ms: 5000
     per_endpoint_concurrency: 64
     per_endpoint_queue: 256
-    per_endpoint_max: 2048
-    stall_ms: 2000
+    max_queue_wait_ms: 10000
     allow_private_targets: false
   archive:
     max_records: 1000
@@ -105,16 +104,13 @@ pub struct HttpConfig {
     pub connect_timeout_ms: u64,
     /// Deliveries in flight to one endpoint (scheme, host and port).
     pub per_endpoint_concurrency: usize,
-    /// Requests one endpoint may always have in flight or waiting for a slot. Beyond it, an
-    /// endpoint that answered nothing for `stall_ms` (hanging) gets its requests deferred to the
-    /// first delay topic (not counted as an attempt) instead of held.
+    /// Requests one endpoint may always have in flight or waiting for a slot.
     pub per_endpoint_queue: usize,
-    /// Requests one endpoint may never exceed, answering or not: the rest of `max_in_flight`
-    /// stays for the other endpoints.
-    pub per_endpoint_max: usize,
-    /// How long an endpoint with requests waiting may go without any answer before it counts
-    /// as stalled.
-    pub stall_ms: u64,
+    /// Beyond `per_endpoint_queue`, a request is held only if the endpoint, at the rate it has
+    /// been answering, would reach it within this long; otherwise it is deferred to the first
+    /// delay topic (not counted as an attempt). A hanging endpoint holds at most
+    /// `per_endpoint_queue` of the `max_in_flight` slots; a fast one keeps its backlog.
+    pub max_queue_wait_ms: u64,
     /// Allow loopback, private and link-local targets (the local stack; never in production).
     pub allow_private_targets: bool,
 }
@@ -135,8 +131,8 @@ impl DispatcherConfig {
         crate::sinks::http::EndpointLimits {
             concurrency: self.http.per_endpoint_concurrency,
             queue: self.http.per_endpoint_queue,
-            max: self.http.per_endpoint_max,
-            stall: Duration::from_millis(self.http.stall_ms),
+            max_wait: Duration::from_millis(self.http.max_queue_wait_ms),
+            max: (self.max_in_flight / 2).max(self.http.per_endpoint_queue),
         }
     }
 
@@ -171,7 +167,10 @@ impl Validate for Config {
                 "dispatcher.http.per_endpoint_queue",
                 c.http.per_endpoint_queue as u64,
             ),
-            ("dispatcher.http.stall_ms", c.http.stall_ms),
+            (
+                "dispatcher.http.max_queue_wait_ms",
+                c.http.max_queue_wait_ms,
+            ),
             (
                 "dispatcher.archive.max_records",
                 c.archive.max_records as u64,
@@ -180,17 +179,11 @@ impl Validate for Config {
             ("dispatcher.archive.max_wait_ms", c.archive.max_wait_ms),
         ])?;
         if c.http.per_endpoint_queue < c.http.per_endpoint_concurrency
-            || c.http.per_endpoint_queue > c.http.per_endpoint_max
+            || c.http.per_endpoint_queue >= c.max_in_flight
         {
             return Err(ConfigError::invalid(
                 "dispatcher.http.per_endpoint_queue",
-                "must be at least per_endpoint_concurrency and at most per_endpoint_max",
-            ));
-        }
-        if c.http.per_endpoint_max >= c.max_in_flight {
-            return Err(ConfigError::invalid(
-                "dispatcher.http.per_endpoint_max",
-                "must be below max_in_flight (the rest is for other endpoints)",
+                "must be at least per_endpoint_concurrency and below max_in_flight",
             ));
         }
         if let Some(s3) = &self.s3 {

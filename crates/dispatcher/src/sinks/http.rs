@@ -5,7 +5,7 @@
 //! delay topic instead of holding it), and at most a few KiB read of any answer.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -34,19 +34,60 @@ pub struct EndpointLimits {
     pub concurrency: usize,
     /// Requests always admitted (in flight or waiting for a slot).
     pub queue: usize,
-    /// Requests never exceeded, so other endpoints keep the rest of the in-flight slots.
+    /// Beyond `queue`, a request is held only while the endpoint is expected to reach it
+    /// within this long at the rate it has been answering (a hanging endpoint: never); else it
+    /// is deferred, so a slow endpoint cannot take the in-flight slots of the others.
+    pub max_wait: Duration,
+    /// Before its first answer, an endpoint may hold at most this many (it has
+    /// [`FIRST_ANSWER_GRACE`] to answer before it counts as hanging).
     pub max: usize,
-    /// An endpoint that answered nothing for this long is stalled: beyond `queue`, its requests
-    /// are deferred rather than held.
-    pub stall: Duration,
 }
 
-/// One endpoint's slots, how many requests hold or wait for one, and when it last answered.
+/// How long a busy endpoint may take to give its first answer before it counts as hanging.
+pub const FIRST_ANSWER_GRACE: Duration = Duration::from_secs(1);
+
+/// One endpoint's slots, how many requests hold or wait for one, and how fast it answers.
 struct Endpoint {
     permits: Arc<Semaphore>,
     load: AtomicUsize,
-    /// Milliseconds since [`epoch`] of its last answer, or of when it became busy.
-    progress_ms: AtomicU64,
+    rate: Mutex<Rate>,
+}
+
+/// Answers per second, counted in one-second windows.
+struct Rate {
+    /// Milliseconds since [`epoch`] when the endpoint became busy.
+    busy_ms: u64,
+    /// Milliseconds since [`epoch`] when the current window (or the busy spell) started.
+    since_ms: u64,
+    answers: u64,
+    /// Answers in the last complete window, if one completed while busy.
+    last: Option<u64>,
+}
+
+impl Rate {
+    fn answered(&mut self, now: u64) {
+        if now.saturating_sub(self.since_ms) >= 1000 {
+            self.last = Some(self.answers);
+            self.answers = 0;
+            self.since_ms = now;
+        }
+        self.answers += 1;
+    }
+
+    fn answered_any(&self) -> bool {
+        self.answers > 0 || self.last.is_some()
+    }
+
+    /// How long `queued` requests would take at the rate observed (the last whole window or
+    /// the current one, whichever is faster); forever while it has answered nothing.
+    fn wait_ms(&self, queued: usize, now: u64) -> u64 {
+        let elapsed = now.saturating_sub(self.since_ms).max(1);
+        let current = self.answers * 1000 / elapsed;
+        match self.last.map_or(current, |last| last.max(current)) {
+            0 => u64::MAX,
+            per_second => queued as u64 * 1000 / per_second,
+        }
+    }
 }
 
 fn epoch() -> Instant {
@@ -127,17 +168,22 @@ impl HttpSink {
                 Arc::new(Endpoint {
                     permits: Arc::new(Semaphore::new(self.limits.concurrency)),
                     load: AtomicUsize::new(0),
-                    progress_ms: AtomicU64::new(now_ms()),
+                    rate: Mutex::new(Rate {
+                        busy_ms: now_ms(),
+                        since_ms: now_ms(),
+                        answers: 0,
+                        last: None,
+                    }),
                 })
             })
             .clone()
     }
 
     /// Counts a request against its endpoint until the returned reservation is dropped; `None`
-    /// when the endpoint may not hold another: it holds `limits.max` already, or it holds
-    /// `limits.queue` and answered nothing for `limits.stall` (hanging). The caller defers the
-    /// request rather than hold it in memory. A busy endpoint that keeps answering is not
-    /// deferred below `limits.max`. Check and count are one step, so concurrent callers never
+    /// when the endpoint already holds `limits.queue` requests and, at the rate it has been
+    /// answering, would not reach this one within `limits.max_wait` (a hanging endpoint never
+    /// would). The caller defers the request rather than hold it in memory. A busy endpoint that
+    /// answers fast keeps its backlog. Check and count are one step, so concurrent callers never
     /// overshoot.
     pub fn reserve(&self, url: &str) -> Option<Reservation> {
         let Ok(url) = reqwest::Url::parse(url) else {
@@ -147,13 +193,27 @@ impl HttpSink {
         let endpoint = self.endpoint(Self::key(&url));
         let before = endpoint.load.fetch_add(1, Ordering::SeqCst);
         let now = now_ms();
-        if before == 0 {
-            // Busy from now: the stall clock starts here, not at its last answer long ago.
-            endpoint.progress_ms.store(now, Ordering::SeqCst);
-        }
-        let quiet = now.saturating_sub(endpoint.progress_ms.load(Ordering::SeqCst));
-        let admit = before < self.limits.queue
-            || (before < self.limits.max && quiet <= self.limits.stall.as_millis() as u64);
+        let admit = {
+            let mut rate = endpoint.rate.lock().expect("endpoint rate lock");
+            if before == 0 {
+                // Busy from now: its rate is measured from here, not from long ago.
+                *rate = Rate {
+                    busy_ms: now,
+                    since_ms: now,
+                    answers: 0,
+                    last: None,
+                };
+            }
+            if before < self.limits.queue {
+                true
+            } else if !rate.answered_any() {
+                // No answer yet: held while it may still be starting up, up to a share.
+                before < self.limits.max
+                    && now.saturating_sub(rate.busy_ms) < FIRST_ANSWER_GRACE.as_millis() as u64
+            } else {
+                rate.wait_ms(before, now) <= self.limits.max_wait.as_millis() as u64
+            }
+        };
         if !admit {
             endpoint.load.fetch_sub(1, Ordering::SeqCst);
             return None;
@@ -216,9 +276,13 @@ impl HttpSink {
             .body(body)
             .timeout(timeout);
         let sent = request.send().await;
-        // Any answer (an error status, a refused connection) is progress; a timeout is not.
+        // Any answer (an error status, a refused connection) counts; a timeout does not.
         if !matches!(&sent, Err(e) if e.is_timeout()) {
-            endpoint.progress_ms.store(now_ms(), Ordering::SeqCst);
+            endpoint
+                .rate
+                .lock()
+                .expect("endpoint rate lock")
+                .answered(now_ms());
         }
         match sent {
             Ok(response) => {
