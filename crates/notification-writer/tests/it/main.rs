@@ -1,5 +1,6 @@
-//! The notification-writer binary against the local stack: killed with SIGKILL in the middle of
-//! 5,000 events and restarted, it leaves exactly 5,000 rows (at-least-once delivery plus the
+//! The notification-writer binary against the local stack: killed with SIGKILL ten times in the
+//! middle of 20,000 events (each kill asserted to land mid-stream, after the previous run made
+//! progress) and restarted, it leaves exactly 20,000 rows (at-least-once delivery plus the
 //! unique event id).
 
 use std::process::{Child, Command, Stdio};
@@ -12,7 +13,8 @@ use substrate_testkit::{
 };
 use uuid::Uuid;
 
-const EVENTS: i64 = 5_000;
+const EVENTS: i64 = 20_000;
+const KILLS: usize = 10;
 
 fn spawn_writer(config: &std::path::Path, log: &std::path::Path) -> Child {
     let log = std::fs::File::create(log).unwrap();
@@ -27,7 +29,7 @@ fn spawn_writer(config: &std::path::Path, log: &std::path::Path) -> Child {
 }
 
 #[tokio::test]
-async fn kill_9_mid_stream_then_restart_leaves_exactly_one_row_per_event() {
+async fn killed_ten_times_mid_stream_it_leaves_exactly_one_row_per_event() {
     let stack = Stack::load();
     let topic = unique("test.writer.kill");
     let event_type = format!("test.kill_{}", &Uuid::new_v4().simple().to_string()[..8]);
@@ -70,7 +72,7 @@ async fn kill_9_mid_stream_then_restart_leaves_exactly_one_row_per_event() {
     std::fs::write(
         &config,
         format!(
-            "notification_writer:\n  listen: 127.0.0.1:0\n  group_id: {group}\n  batch_max_rows: 100\n  batch_max_ms: 20\n  dead_letter_topic: {dlq}\n  topics:\n    public.identity.login.events:\n      enabled: false\n    public.user.message.events:\n      enabled: false\n    {topic}:\n      event_type: {event_type}\n      visibility_field: visibility\n      recipient_field: recipient_id\n      sender_field: sender_id\n\
+            "notification_writer:\n  listen: 127.0.0.1:0\n  group_id: {group}\n  batch_max_rows: 5\n  batch_max_ms: 20\n  dead_letter_topic: {dlq}\n  topics:\n    public.identity.login.events:\n      enabled: false\n    public.user.message.events:\n      enabled: false\n    {topic}:\n      event_type: {event_type}\n      visibility_field: visibility\n      recipient_field: recipient_id\n      sender_field: sender_id\n\
              kafka:\n  bootstrap_servers: {kafka}\n  extra:\n    session.timeout.ms: \"6000\"\n\
              schema_registry:\n  url: {registry}\n\
              database:\n  url: {db}\n",
@@ -83,28 +85,43 @@ async fn kill_9_mid_stream_then_restart_leaves_exactly_one_row_per_event() {
     .unwrap();
 
     let db = stack.db().await;
-    let mut writer = spawn_writer(&config, &dir.join("first.log"));
-    let seen_at_kill = eventually(Duration::from_secs(60), "the first rows", || async {
-        let n = count_rows(&db, &event_type).await;
-        (n > 0).then_some(n)
-    })
-    .await
-    .unwrap();
-    writer.kill().expect("SIGKILL"); // Child::kill sends SIGKILL on Unix
-    writer.wait().unwrap();
-    let after_kill = count_rows(&db, &event_type).await;
-    eprintln!("rows when killed: {seen_at_kill}..{after_kill} of {EVENTS}");
+    let mut previous = 0;
+    for kill in 0..KILLS {
+        let mut writer = spawn_writer(&config, &dir.join(format!("run-{kill}.log")));
+        // Kill as soon as this run has written something (small batches keep it slow enough),
+        // so the kill lands while rows are flowing.
+        let started = std::time::Instant::now();
+        let progressed = loop {
+            let n = count_rows(&db, &event_type).await;
+            if n > previous {
+                break n;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(60),
+                "no progress in run {kill}"
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        };
+        writer.kill().expect("SIGKILL"); // Child::kill sends SIGKILL on Unix
+        writer.wait().unwrap();
+        let after_kill = count_rows(&db, &event_type).await;
+        eprintln!("kill {kill}: {progressed}..{after_kill} of {EVENTS} rows");
+        assert!(
+            after_kill < EVENTS,
+            "kill {kill} landed mid-stream ({after_kill} of {EVENTS} rows written)"
+        );
+        previous = after_kill;
+    }
 
-    let mut writer = spawn_writer(&config, &dir.join("second.log"));
+    let mut writer = spawn_writer(&config, &dir.join("last.log"));
     eventually(
-        Duration::from_secs(120),
-        "all rows after the restart",
+        Duration::from_secs(180),
+        "all rows after the last restart",
         || async { (count_rows(&db, &event_type).await >= EVENTS).then_some(()) },
     )
     .await
     .unwrap();
-    // Let any redelivered batch land, then check nothing was doubled.
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    // Redelivered batches after each kill wrote nothing twice.
     assert_eq!(count_rows(&db, &event_type).await, EVENTS);
     terminate(&mut writer);
     let _ = std::fs::remove_dir_all(dir);
