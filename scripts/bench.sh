@@ -63,7 +63,7 @@ kafka_tool org.apache.kafka.tools.TopicCommand --bootstrap-server "$KAFKA_BOOTST
 
 # One round: both ceilings, the gateway, and the ratio. $1 names the round.
 ingest_round() {
-  local label=$1 perf raw batched ceiling
+  local label=$1 perf raw batched ceiling out
   echo "-- ceiling: Kafka ProducerPerformance, 1,000,000 x 300 B to 3 partitions, acks=all, idempotent ($label)"
   perf=$(kafka_tool org.apache.kafka.tools.ProducerPerformance --topic bench.ceiling \
     --num-records 1000000 --record-size 300 --throughput -1 \
@@ -72,11 +72,13 @@ ingest_round() {
   echo "$perf"
   perf=$(sed -E 's/.* records sent, ([0-9.]+) records\/sec.*/\1/' <<<"$perf")
   echo "-- ceiling: loadgen raw, 4 tasks, keys spread over 3 partitions, ~300 B Avro records ($label)"
-  raw=$("$L" raw --duration "$DURATION" --tasks 4 --message-bytes 200 | tee /dev/stderr \
-    | sed -nE 's/^raw producer: .* = ([0-9]+) events\/s$/\1/p')
+  out=$("$L" raw --duration "$DURATION" --tasks 4 --message-bytes 200)
+  echo "$out"
+  raw=$(sed -nE 's/^raw producer: .* = ([0-9]+) events\/s$/\1/p' <<<"$out")
   echo "-- gateway ($label)"
-  batched=$("$L" http --batch 100 --connections 16 --duration "$DURATION" | tee /dev/stderr \
-    | sed -nE 's/^.*: [0-9]+ events in .* = ([0-9]+) events\/s$/\1/p' | head -n 1)
+  out=$("$L" http --batch 100 --connections 16 --duration "$DURATION")
+  echo "$out"
+  batched=$(sed -nE 's/^.*: [0-9]+ events in .* = ([0-9]+) events\/s$/\1/p' <<<"$out" | head -n 1)
   "$L" http --connections 64 --duration "$DURATION"
   "$L" http --rate 2000 --duration "$DURATION"
   ceiling=$(awk -v a="${perf:-0}" -v b="${raw:-0}" 'BEGIN { print (a > b ? a : b) }')
