@@ -68,28 +68,34 @@ async fn killed_ten_times_mid_stream_it_leaves_exactly_one_row_per_event() {
 
     let dir = std::env::temp_dir().join(unique("writer-kill"));
     std::fs::create_dir_all(&dir).unwrap();
-    let config = dir.join("notification-writer.yaml");
-    std::fs::write(
-        &config,
-        format!(
-            "notification_writer:\n  listen: 127.0.0.1:0\n  group_id: {group}\n  batch_max_rows: 5\n  batch_max_ms: 20\n  dead_letter_topic: {dlq}\n  topics:\n    public.identity.login.events:\n      enabled: false\n    public.user.message.events:\n      enabled: false\n    {topic}:\n      event_type: {event_type}\n      visibility_field: visibility\n      recipient_field: recipient_id\n      sender_field: sender_id\n\
+    // The killed runs write one row per batch, slow enough that a kill always lands with rows
+    // left to write even on a loaded machine; the last run writes in batches of 1,000.
+    let group = unique("kill-test");
+    let config_with = |batch: usize| {
+        let path = dir.join(format!("notification-writer-{batch}.yaml"));
+        std::fs::write(
+            &path,
+            format!(
+            "notification_writer:\n  listen: 127.0.0.1:0\n  group_id: {group}\n  batch_max_rows: {batch}\n  batch_max_ms: 20\n  dead_letter_topic: {dlq}\n  topics:\n    public.identity.login.events:\n      enabled: false\n    public.user.message.events:\n      enabled: false\n    {topic}:\n      event_type: {event_type}\n      visibility_field: visibility\n      recipient_field: recipient_id\n      sender_field: sender_id\n\
              kafka:\n  bootstrap_servers: {kafka}\n  extra:\n    session.timeout.ms: \"6000\"\n\
              schema_registry:\n  url: {registry}\n\
              database:\n  url: {db}\n",
-            group = unique("kill-test"),
             kafka = stack.bootstrap_servers,
             registry = stack.registry_url,
             db = stack.database_url,
         ),
-    )
-    .unwrap();
+        )
+        .unwrap();
+        path
+    };
+    let slow = config_with(1);
+    let fast = config_with(1000);
 
     let db = stack.db().await;
     let mut previous = 0;
     for kill in 0..KILLS {
-        let mut writer = spawn_writer(&config, &dir.join(format!("run-{kill}.log")));
-        // Kill as soon as this run has written something (small batches keep it slow enough),
-        // so the kill lands while rows are flowing.
+        let mut writer = spawn_writer(&slow, &dir.join(format!("run-{kill}.log")));
+        // Kill as soon as this run has written something, so the kill lands while rows flow.
         let started = std::time::Instant::now();
         let progressed = loop {
             let n = count_rows(&db, &event_type).await;
@@ -113,7 +119,7 @@ async fn killed_ten_times_mid_stream_it_leaves_exactly_one_row_per_event() {
         previous = after_kill;
     }
 
-    let mut writer = spawn_writer(&config, &dir.join("last.log"));
+    let mut writer = spawn_writer(&fast, &dir.join("last.log"));
     eventually(
         Duration::from_secs(180),
         "all rows after the last restart",
