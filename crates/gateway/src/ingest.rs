@@ -261,13 +261,7 @@ async fn single(
     body: Body,
 ) -> Result<Response, ApiError> {
     let (route, claims) = admit(app, route_name, headers).await?;
-    let bytes = read_limited(
-        headers,
-        body,
-        app.limits.max_event_bytes,
-        app.limits.body_read_timeout,
-    )
-    .await?;
+    let bytes = app.limits.read_event(headers, body).await?;
     let event = parse_object(&bytes)?;
     let (event_id, event) = prepare(&route, claims.as_ref(), event)?;
     let encoded = app
@@ -287,13 +281,7 @@ async fn batch(
     body: Body,
 ) -> Result<Response, ApiError> {
     let (route, claims) = admit(app, route_name, headers).await?;
-    let bytes = read_limited(
-        headers,
-        body,
-        app.limits.max_batch_bytes,
-        app.limits.body_read_timeout,
-    )
-    .await?;
+    let bytes = app.limits.read_batch(headers, body).await?;
     let items: Vec<Box<serde_json::value::RawValue>> =
         serde_json::from_slice(&bytes).map_err(|e| {
             ApiError::new(

@@ -37,6 +37,26 @@ pub struct Limits {
     pub body_read_timeout: Duration,
 }
 
+impl Limits {
+    /// One event's body: at most `max_event_bytes`, within the body-read timeout.
+    pub async fn read_event(
+        &self,
+        headers: &axum::http::HeaderMap,
+        body: axum::body::Body,
+    ) -> Result<bytes::Bytes, error::ApiError> {
+        ingest::read_limited(headers, body, self.max_event_bytes, self.body_read_timeout).await
+    }
+
+    /// A batch's body: at most `max_batch_bytes`, within the body-read timeout.
+    pub async fn read_batch(
+        &self,
+        headers: &axum::http::HeaderMap,
+        body: axum::body::Body,
+    ) -> Result<bytes::Bytes, error::ApiError> {
+        ingest::read_limited(headers, body, self.max_batch_bytes, self.body_read_timeout).await
+    }
+}
+
 pub struct LoginWebhook {
     pub secret: Option<String>,
     pub secret_header: String,

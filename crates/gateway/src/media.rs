@@ -17,7 +17,7 @@ use serde_json::{json, Map, Value};
 use uuid::Uuid;
 
 use crate::error::ApiError;
-use crate::ingest::{check_json_content_type, read_limited};
+use crate::ingest::check_json_content_type;
 use crate::metrics::{REQUESTS, REQUEST_SECONDS};
 use crate::publish::{trace_from, Target};
 use crate::App;
@@ -177,13 +177,7 @@ pub async fn upload_complete(
 async fn complete(app: &App, headers: &HeaderMap, body: Body) -> Result<Response, ApiError> {
     let user = caller(app, headers).await?;
     check_json_content_type(headers)?;
-    let bytes = read_limited(
-        headers,
-        body,
-        app.limits.max_event_bytes,
-        app.limits.body_read_timeout,
-    )
-    .await?;
+    let bytes = app.limits.read_event(headers, body).await?;
     let fields = json_object(&bytes)?;
     reject_unknown(&fields, &["request_id"])?;
     let request_id = fields
@@ -319,13 +313,7 @@ async fn accept(
 ) -> Result<Response, ApiError> {
     let user = caller(app, headers).await?;
     check_json_content_type(headers)?;
-    let bytes = read_limited(
-        headers,
-        body,
-        app.limits.max_event_bytes,
-        app.limits.body_read_timeout,
-    )
-    .await?;
+    let bytes = app.limits.read_event(headers, body).await?;
     let fields = json_object(&bytes)?;
     let media = &app.media;
     let request_id = Uuid::now_v7();

@@ -18,7 +18,7 @@ use subtle::ConstantTimeEq;
 use uuid::Uuid;
 
 use crate::error::ApiError;
-use crate::ingest::{check_json_content_type, read_limited};
+use crate::ingest::check_json_content_type;
 use crate::metrics::{EVENTS_ACCEPTED, REQUESTS, REQUEST_SECONDS};
 use crate::publish::{trace_from, Target};
 use crate::App;
@@ -71,13 +71,7 @@ async fn handle_login(app: &App, headers: &HeaderMap, body: Body) -> Result<Resp
         )));
     }
     check_json_content_type(headers)?;
-    let bytes = read_limited(
-        headers,
-        body,
-        app.limits.max_event_bytes,
-        app.limits.body_read_timeout,
-    )
-    .await?;
+    let bytes = app.limits.read_event(headers, body).await?;
     let hook: DatabaseWebhook = serde_json::from_slice(&bytes).map_err(|e| {
         ApiError::new(
             StatusCode::BAD_REQUEST,
