@@ -31,10 +31,6 @@ impl GroupProgress {
         })
     }
 
-    pub fn topic(&self) -> &str {
-        &self.topic
-    }
-
     /// True when, in every partition, the group's committed offset is at or past the first
     /// record whose timestamp is `before_ms` or later (or the end of the partition): every
     /// record written before `before_ms` has been processed.

@@ -221,11 +221,6 @@ impl HttpSink {
         Some(Reservation(Some(Load(endpoint))))
     }
 
-    /// Endpoints currently known (for tests and metrics).
-    pub fn tracked_endpoints(&self) -> usize {
-        self.endpoints.lock().expect("endpoints lock").len()
-    }
-
     /// POSTs a JSON `body` with `headers`, waiting at most `timeout` (else the default).
     pub async fn post(
         &self,
