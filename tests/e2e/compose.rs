@@ -185,7 +185,7 @@ fn compose_file_matches_the_repository() {
         "notification-writer",
     );
     let config: notification_writer::Config = substrate_runtime::config::load_config_from(
-        notification_writer::config::DEFAULTS,
+        &notification_writer::config::defaults(),
         &overlay,
     )
     .unwrap_or_else(|e| panic!("notification-writer env in compose: {e}"));

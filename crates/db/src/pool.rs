@@ -64,7 +64,8 @@ pub enum DbError {
     #[error("database unavailable: {0}")]
     Unavailable(String),
     #[error("database error: {}", describe(.0))]
-    Query(#[source] tokio_postgres::Error),
+    /// Not a `#[source]`: [`describe`] prints the cause already, and error chains would repeat it.
+    Query(tokio_postgres::Error),
     #[error("migration {file}: {message}")]
     Migration { file: String, message: String },
 }

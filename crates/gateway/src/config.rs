@@ -23,10 +23,7 @@ gateway:
   retry_after_secs: 5
   routes_poll_secs: 5
 media:
-  upload_intent_topic: internal.media.upload.intent
-  download_intent_topic: internal.media.download.intent
-  delete_intent_topic: internal.media.delete.intent
-  upload_received_topic: internal.media.upload.received
+  topic_prefix: ""
   bucket: media-uploads
   max_file_bytes: 104857600
   starting_credits: 10
@@ -88,11 +85,9 @@ substrate_runtime::service_config!(Config);
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct MediaConfig {
-    pub upload_intent_topic: String,
-    pub download_intent_topic: String,
-    pub delete_intent_topic: String,
-    /// Where `POST /api/v1/media/upload-complete` reports a verified upload.
-    pub upload_received_topic: String,
+    /// Prepended to the media topics' names (`substrate_kafka::media`); the media saga must be
+    /// configured with the same prefix.
+    pub topic_prefix: String,
     /// The bucket the media saga signs uploads for (the upload-complete check HEADs it).
     pub bucket: String,
     /// Largest upload a client may declare.

@@ -19,6 +19,7 @@ use anyhow::Context;
 use axum::routing::{get, post};
 use axum::Router;
 use substrate_avro::{Catalog, Registry, TopicSchema};
+use substrate_kafka::media::{Topic as MediaTopic, Topics as MediaTopics};
 use substrate_kafka::Producer;
 use substrate_runtime::ops::{self, Readiness};
 use substrate_runtime::Shutdown;
@@ -94,7 +95,8 @@ pub fn build(config: &Config, shutdown: &Shutdown) -> anyhow::Result<(Router, Pr
     let verifier = Verifier::new(&config.auth).map_err(anyhow::Error::msg)?;
     // Without a topic's schema the endpoint answers 503 naming it (a gateway may serve events
     // only).
-    let media_schema = |topic: &str| {
+    let media_schema = |topic: MediaTopic| {
+        let topic = topic.name();
         let schema = catalog.get(topic).cloned();
         if schema.is_none() {
             tracing::warn!(
@@ -105,10 +107,11 @@ pub fn build(config: &Config, shutdown: &Shutdown) -> anyhow::Result<(Router, Pr
         schema
     };
     let media = media::Media {
-        upload_schema: media_schema(&config.media.upload_intent_topic),
-        download_schema: media_schema(&config.media.download_intent_topic),
-        delete_schema: media_schema(&config.media.delete_intent_topic),
-        received_schema: media_schema(&config.media.upload_received_topic),
+        upload_schema: media_schema(MediaTopic::UploadIntent),
+        download_schema: media_schema(MediaTopic::DownloadIntent),
+        delete_schema: media_schema(MediaTopic::DeleteIntent),
+        received_schema: media_schema(MediaTopic::UploadReceived),
+        topics: MediaTopics::new(config.media.topic_prefix.clone()),
         s3: config.s3.as_ref().map(|s3| s3.client()),
         config: config.media.clone(),
     };

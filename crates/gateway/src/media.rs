@@ -14,6 +14,8 @@ use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde_json::{json, Map, Value};
+use substrate_db::media::SagaState;
+use substrate_kafka::media::{event_id, Topic, Topics};
 use uuid::Uuid;
 
 use crate::error::ApiError;
@@ -29,6 +31,8 @@ pub struct Media {
     pub download_schema: Option<substrate_avro::TopicSchema>,
     pub delete_schema: Option<substrate_avro::TopicSchema>,
     pub received_schema: Option<substrate_avro::TopicSchema>,
+    /// The media topics' names with the configured prefix.
+    pub topics: Topics,
     /// HEADs uploads for `upload-complete` (absent: that endpoint answers 503).
     pub s3: Option<substrate_s3::Client>,
 }
@@ -49,11 +53,11 @@ impl Intent {
         }
     }
 
-    fn event_type(self) -> &'static str {
+    fn topic(self) -> Topic {
         match self {
-            Self::Upload => "media.upload_intent",
-            Self::Download => "media.download_intent",
-            Self::Delete => "media.delete_intent",
+            Self::Upload => Topic::UploadIntent,
+            Self::Download => Topic::DownloadIntent,
+            Self::Delete => Topic::DeleteIntent,
         }
     }
 }
@@ -186,7 +190,7 @@ async fn complete(app: &App, headers: &HeaderMap, body: Body) -> Result<Response
         .and_then(|s| Uuid::parse_str(s).ok())
         .ok_or_else(|| ApiError::invalid_field("request_id", "required, a UUID"))?;
     let media = &app.media;
-    let topic = &media.config.upload_received_topic;
+    let topic = &media.topics.name(Topic::UploadReceived);
     let (Some(s3), Some(schema)) = (&media.s3, &media.received_schema) else {
         return Err(ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -211,22 +215,22 @@ async fn complete(app: &App, headers: &HeaderMap, body: Body) -> Result<Response
     let conflict = |code: &'static str, message: String| {
         Err(ApiError::new(StatusCode::CONFLICT, code, message))
     };
-    match saga.state.as_str() {
-        "signed" => {}
-        "received" | "confirmed" => {
+    match saga.state {
+        SagaState::Signed => {}
+        SagaState::Received | SagaState::Confirmed => {
             return Ok((
                 StatusCode::ACCEPTED,
                 Json(json!({"request_id": request_id, "state": saga.state})),
             )
                 .into_response())
         }
-        "expired" => {
+        SagaState::Expired => {
             return conflict(
                 "upload_expired",
                 "the upload URL expired; start a new upload".into(),
             )
         }
-        "rejected" => {
+        SagaState::Rejected => {
             return conflict(
                 "upload_rejected",
                 format!(
@@ -235,10 +239,10 @@ async fn complete(app: &App, headers: &HeaderMap, body: Body) -> Result<Response
                 ),
             )
         }
-        other => {
+        SagaState::Failed => {
             return conflict(
                 "upload_failed",
-                format!("the upload is {other}: {}", saga.reason.unwrap_or_default()),
+                format!("the upload failed: {}", saga.reason.unwrap_or_default()),
             )
         }
     }
@@ -272,19 +276,18 @@ async fn complete(app: &App, headers: &HeaderMap, body: Body) -> Result<Response
         "content_type": saga.media_type, "source": "client", "retry_count": 0});
     let target = Target {
         topic,
-        event_type: "media.upload_received",
+        event_type: Topic::UploadReceived.event_type(),
         schema,
         key_field: Some("request_id"),
     };
     // The same id as the saga's own report of this arrival (an S3 event), so the two are one.
-    let event_id =
-        substrate_kafka::headers::derived_event_id(request_id, "internal.media.upload.received", 0);
+    let event_id = event_id(request_id, Topic::UploadReceived, 0);
     let encoded = app.publisher.encode(&target, event_id, &record).await?;
     let trace = trace_from(headers.get("traceparent").and_then(|v| v.to_str().ok()));
     app.publisher.send(topic, &encoded, &trace).await?;
     Ok((
         StatusCode::ACCEPTED,
-        Json(json!({"request_id": request_id, "state": "received"})),
+        Json(json!({"request_id": request_id, "state": SagaState::Received})),
     )
         .into_response())
 }
@@ -318,7 +321,8 @@ async fn accept(
     let media = &app.media;
     let request_id = Uuid::now_v7();
     let now = chrono::Utc::now().timestamp_millis();
-    let (topic, schema, record) = match intent {
+    let topic = &media.topics.name(intent.topic());
+    let (schema, record) = match intent {
         Intent::Upload => {
             let known = ["file_name", "media_type", "file_size"];
             reject_unknown(&fields, &known)?;
@@ -350,7 +354,6 @@ async fn accept(
                 ));
             }
             (
-                &media.config.upload_intent_topic,
                 &media.upload_schema,
                 json!({"request_id": request_id, "user_id": user, "file_name": file_name,
                        "media_type": media_type, "file_size": file_size, "requested_at": now}),
@@ -359,12 +362,11 @@ async fn accept(
         Intent::Download | Intent::Delete => {
             reject_unknown(&fields, &["file_path"])?;
             let file_path = file_path(&fields)?;
-            let (topic, schema) = match intent {
-                Intent::Download => (&media.config.download_intent_topic, &media.download_schema),
-                _ => (&media.config.delete_intent_topic, &media.delete_schema),
+            let schema = match intent {
+                Intent::Download => &media.download_schema,
+                _ => &media.delete_schema,
             };
             (
-                topic,
                 schema,
                 json!({"request_id": request_id, "user_id": user, "file_path": file_path,
                        "requested_at": now}),
@@ -380,7 +382,7 @@ async fn accept(
     })?;
     let target = Target {
         topic,
-        event_type: intent.event_type(),
+        event_type: intent.topic().event_type(),
         schema,
         key_field: Some("user_id"),
     };

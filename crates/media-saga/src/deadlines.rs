@@ -16,6 +16,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::json;
+use substrate_db::media::{self as db_media, DeadlineKind, SagaState};
 use substrate_kafka::progress::GroupProgress;
 use substrate_kafka::TraceParent;
 use substrate_runtime::failure::Classify;
@@ -23,7 +24,7 @@ use uuid::Uuid;
 
 use crate::emit::Topic;
 use crate::metrics::{DEADLINES_FIRED, DEADLINES_HELD, FINISHED};
-use crate::saga::{db, lock_saga, state, Engine, StepError};
+use crate::saga::{db, Engine, StepError};
 
 /// Looks for due deadlines every `poll` until shutdown. A deadline whose handling fails
 /// transiently stays due and is tried at the next poll; one that fails permanently (its results
@@ -35,13 +36,19 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     let shutdown = engine.shutdown.token();
     loop {
-        match due(&engine).await {
+        let due = async {
+            let client = engine.pool.get().await.map_err(db)?;
+            db_media::due_deadlines(&**client, &engine.config.topic_prefix, BATCH)
+                .await
+                .map_err(db)
+        };
+        match due.await {
             Ok(deadlines) => {
                 let full = deadlines.len() >= BATCH as usize;
                 let oldest_ttl = deadlines
                     .iter()
-                    .filter(|d| d.kind == UPLOAD_TTL)
-                    .map(|d| d.due_ms)
+                    .filter(|d| d.kind == DeadlineKind::UploadTtl)
+                    .map(|d| d.due_at.timestamp_millis())
                     .min();
                 let read_until = match oldest_ttl {
                     Some(oldest) => arrivals_read_until(&arrivals, oldest).await,
@@ -52,13 +59,13 @@ pub async fn run(
                     if shutdown.is_cancelled() {
                         return Ok(());
                     }
-                    if deadline.kind == UPLOAD_TTL
-                        && read_until.is_none_or(|until| deadline.due_ms > until)
+                    if deadline.kind == DeadlineKind::UploadTtl
+                        && read_until.is_none_or(|until| deadline.due_at.timestamp_millis() > until)
                     {
                         held += 1;
                         continue;
                     }
-                    let (request, kind) = (deadline.request, deadline.kind.as_str());
+                    let (request, kind) = (deadline.request_id, deadline.kind);
                     match fire(&engine, request, kind).await {
                         Ok(()) => {}
                         Err(error) if error.is_transient() => {
@@ -115,18 +122,13 @@ async fn arrivals_read_until(arrivals: &Arc<GroupProgress>, oldest: i64) -> Opti
 }
 
 /// Marks a deadline that can never be handled as fired, saying why.
-async fn abandon(engine: &Engine, request: Uuid, kind: &str, error: &StepError) {
+async fn abandon(engine: &Engine, request: Uuid, kind: DeadlineKind, error: &StepError) {
     tracing::error!(%request, %kind, %error, "a deadline cannot be handled; marking it fired");
-    metrics::counter!(DEADLINES_FIRED, "kind" => kind.to_string(), "effect" => "abandoned")
+    metrics::counter!(DEADLINES_FIRED, "kind" => kind.as_str(), "effect" => "abandoned")
         .increment(1);
     let marked = async {
         let client = engine.pool.get().await.map_err(db)?;
-        client
-            .execute(
-                "UPDATE public.media_deadlines SET fired_at = now()
-                 WHERE request_id = $1 AND kind = $2 AND fired_at IS NULL",
-                &[&request, &kind],
-            )
+        db_media::mark_fired(&**client, request, kind)
             .await
             .map_err(db)
     }
@@ -138,66 +140,27 @@ async fn abandon(engine: &Engine, request: Uuid, kind: &str, error: &StepError) 
 
 const BATCH: i64 = 256;
 
-const UPLOAD_TTL: &str = "upload_ttl";
-
-struct Due {
-    request: Uuid,
-    kind: String,
-    due_ms: i64,
-}
-
-async fn due(engine: &Engine) -> Result<Vec<Due>, StepError> {
-    let client = engine.pool.get().await.map_err(db)?;
-    let rows = client
-        .query(
-            "SELECT request_id, kind, due_at FROM public.media_deadlines
-             WHERE scope = $2 AND fired_at IS NULL AND due_at <= now()
-             ORDER BY due_at LIMIT $1",
-            &[&BATCH, &engine.config.topic_prefix],
-        )
-        .await
-        .map_err(db)?;
-    Ok(rows
-        .iter()
-        .map(|r| Due {
-            request: r.get(0),
-            kind: r.get(1),
-            due_ms: r
-                .get::<_, chrono::DateTime<chrono::Utc>>(2)
-                .timestamp_millis(),
-        })
-        .collect())
-}
-
-async fn fire(engine: &Engine, request: Uuid, kind: &str) -> Result<(), StepError> {
+async fn fire(engine: &Engine, request: Uuid, kind: DeadlineKind) -> Result<(), StepError> {
     let mut client = engine.pool.get().await.map_err(db)?;
     let tx = client.transaction().await.map_err(db)?;
-    let locked = tx
-        .query_opt(
-            "SELECT 1 FROM public.media_deadlines
-             WHERE request_id = $1 AND kind = $2 AND fired_at IS NULL AND due_at <= now()
-             FOR UPDATE SKIP LOCKED",
-            &[&request, &kind],
-        )
+    if !db_media::lock_due_deadline(&tx, request, kind)
         .await
-        .map_err(db)?;
-    if locked.is_none() {
+        .map_err(db)?
+    {
         return Ok(());
     }
-    let saga = lock_saga(&tx, request).await?;
+    let saga = db_media::lock_saga(&tx, request).await.map_err(db)?;
     let trace = TraceParent::new_root();
     let mut remove_upload = None;
     let mut finished = None;
     let effect = match (kind, saga) {
-        ("upload_ttl", Some(saga)) if saga.state == state::SIGNED => {
-            substrate_db::media::refund(&*tx, request)
-                .await
-                .map_err(db)?;
-            tx.execute(
-                "UPDATE public.media_sagas SET state = 'expired', finished_at = now(),
-                     reason = 'the upload URL expired before the file arrived', updated_at = now()
-                 WHERE request_id = $1",
-                &[&request],
+        (DeadlineKind::UploadTtl, Some(saga)) if saga.state == SagaState::Signed => {
+            db_media::refund(&*tx, request).await.map_err(db)?;
+            db_media::finish(
+                &tx,
+                request,
+                SagaState::Expired,
+                "the upload URL expired before the file arrived",
             )
             .await
             .map_err(db)?;
@@ -209,28 +172,20 @@ async fn fire(engine: &Engine, request: Uuid, kind: &str) -> Result<(), StepErro
                 .emitter
                 .emit(Topic::Expired, request, 0, &record, &trace)
                 .await?;
-            finished = Some(state::EXPIRED);
+            finished = Some(SagaState::Expired);
             remove_upload = saga.upload_path.clone();
             "expired"
         }
-        ("move_timeout", Some(saga)) if saga.state == state::RECEIVED => {
+        (DeadlineKind::MoveTimeout, Some(saga)) if saga.state == SagaState::Received => {
             if saga.retry_count < engine.config.max_move_retries {
                 let next = saga.retry_count + 1;
                 let timeout = engine.config.move_timeout().as_secs_f64();
-                tx.execute(
-                    "UPDATE public.media_sagas SET retry_count = $2, updated_at = now()
-                     WHERE request_id = $1",
-                    &[&request, &next],
-                )
-                .await
-                .map_err(db)?;
-                tx.execute(
-                    "UPDATE public.media_deadlines SET due_at = now() + $3 * interval '1 second'
-                     WHERE request_id = $1 AND kind = $2",
-                    &[&request, &kind, &timeout],
-                )
-                .await
-                .map_err(db)?;
+                db_media::set_retry_count(&tx, request, next)
+                    .await
+                    .map_err(db)?;
+                db_media::postpone_deadline(&tx, request, kind, timeout)
+                    .await
+                    .map_err(db)?;
                 let record = json!({"request_id": request, "user_id": saga.user_id,
                     "file_path": saga.upload_path, "permanent_path": saga.permanent_path,
                     "retry_count": next});
@@ -240,7 +195,7 @@ async fn fire(engine: &Engine, request: Uuid, kind: &str) -> Result<(), StepErro
                     .await?;
                 tx.commit().await.map_err(db)?;
                 tracing::info!(%request, retry = next, "move timed out; retrying");
-                metrics::counter!(DEADLINES_FIRED, "kind" => "move_timeout", "effect" => "retry")
+                metrics::counter!(DEADLINES_FIRED, "kind" => kind.as_str(), "effect" => "retry")
                     .increment(1);
                 return Ok(());
             }
@@ -248,17 +203,10 @@ async fn fire(engine: &Engine, request: Uuid, kind: &str) -> Result<(), StepErro
                 "the file could not be moved to permanent storage after {} retries",
                 saga.retry_count
             );
-            substrate_db::media::refund(&*tx, request)
+            db_media::refund(&*tx, request).await.map_err(db)?;
+            db_media::finish(&tx, request, SagaState::Failed, &reason)
                 .await
                 .map_err(db)?;
-            tx.execute(
-                "UPDATE public.media_sagas SET state = 'failed', reason = $2, finished_at = now(),
-                     updated_at = now()
-                 WHERE request_id = $1",
-                &[&request, &reason],
-            )
-            .await
-            .map_err(db)?;
             let record = json!({"request_id": request, "user_id": saga.user_id,
                 "file_path": saga.upload_path, "reason": reason,
                 "retry_count": saga.retry_count});
@@ -266,24 +214,21 @@ async fn fire(engine: &Engine, request: Uuid, kind: &str) -> Result<(), StepErro
                 .emitter
                 .emit(Topic::UploadDeadLetter, request, 0, &record, &trace)
                 .await?;
-            finished = Some(state::FAILED);
+            finished = Some(SagaState::Failed);
             tracing::warn!(%request, "upload dead-lettered: {reason}");
             "dead_letter"
         }
         // The saga moved on (the upload arrived, the move completed): nothing to do.
         _ => "stale",
     };
-    tx.execute(
-        "UPDATE public.media_deadlines SET fired_at = now() WHERE request_id = $1 AND kind = $2",
-        &[&request, &kind],
-    )
-    .await
-    .map_err(db)?;
+    db_media::mark_fired(&*tx, request, kind)
+        .await
+        .map_err(db)?;
     tx.commit().await.map_err(db)?;
     drop(client);
-    metrics::counter!(DEADLINES_FIRED, "kind" => kind.to_string(), "effect" => effect).increment(1);
+    metrics::counter!(DEADLINES_FIRED, "kind" => kind.as_str(), "effect" => effect).increment(1);
     if let Some(state) = finished {
-        metrics::counter!(FINISHED, "state" => state).increment(1);
+        metrics::counter!(FINISHED, "state" => state.as_str()).increment(1);
     }
     if let Some(path) = remove_upload {
         // Best effort: a partial or late upload; the bucket's lifecycle rule is the backstop.

@@ -88,7 +88,10 @@ pub async fn serve(
         }
     }
 
-    let input_names: Vec<String> = Topic::INPUTS.iter().map(|t| topics.name(*t)).collect();
+    let input_names: Vec<String> = crate::emit::INPUTS
+        .iter()
+        .map(|t| topics.name(*t))
+        .collect();
     let input_refs: Vec<&str> = input_names.iter().map(String::as_str).collect();
     let consumer = substrate_kafka::consumer::subscribe(&config.kafka, &c.group_id, &input_refs)
         .context("subscribing")?;

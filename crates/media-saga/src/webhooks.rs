@@ -15,10 +15,11 @@ use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde_json::{json, Value};
+use substrate_db::media::SagaState;
 use substrate_runtime::failure::{Classify, Failure};
 use subtle::ConstantTimeEq;
 
-use crate::saga::{db, state, Engine};
+use crate::saga::{db, Engine};
 use crate::storage::parse_key;
 
 fn error(status: StatusCode, code: &str, message: impl Into<String>) -> Response {
@@ -222,7 +223,7 @@ async fn arrival(engine: &Engine, key: &str) -> Result<Arrival, Failure> {
         return ignored("no such object (deleted since?)");
     };
     if upload {
-        if saga.state != state::SIGNED {
+        if saga.state != SagaState::Signed {
             return Ok(Arrival::Ignored(format!(
                 "the upload is already {}",
                 saga.state

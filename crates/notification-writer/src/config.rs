@@ -1,12 +1,14 @@
 //! notification-writer configuration: defaults embedded below, overridden by the file named by
 //! `SUBSTRATE_CONFIG` and `SUBSTRATE_*` environment variables. `topics` maps each consumed topic
-//! to the notification it becomes; entries from a config file are added to the defaults.
+//! to the notification it becomes; entries from a config file are added to the defaults. The media
+//! results' mappings are generated from the media topics' shared names.
 
 use std::collections::BTreeMap;
 
 use serde::Deserialize;
 use substrate_avro::RegistryConfig;
 use substrate_db::DbConfig;
+use substrate_kafka::media::Topic as MediaTopic;
 use substrate_kafka::KafkaConfig;
 use substrate_runtime::config::{require_listen, ConfigError, Validate};
 use substrate_runtime::telemetry::TelemetryConfig;
@@ -14,7 +16,8 @@ use substrate_runtime::LifecycleConfig;
 
 use crate::mapping::Mapping;
 
-pub const DEFAULTS: &str = r#"
+/// The defaults up to the topic mappings of media results ([`MEDIA_NOTIFICATIONS`]).
+const DEFAULTS_HEAD: &str = r#"
 notification_writer:
   listen: 127.0.0.1:8091
   group_id: notification-writer
@@ -37,44 +40,10 @@ notification_writer:
       visibility_field: visibility
       recipient_field: recipient_id
       payload_field: payload
-    # Media saga results: a direct notification to the file's owner (payload = the record,
-    # e.g. upload_url / download_url / reason).
-    public.media.upload.signed:
-      event_type: media.upload_ready
-      visibility: direct
-      recipient_field: user_id
-    public.media.upload.rejected:
-      event_type: media.upload_rejected
-      visibility: direct
-      recipient_field: user_id
-    public.media.upload.confirmed:
-      event_type: media.upload_confirmed
-      visibility: direct
-      recipient_field: user_id
-    internal.media.upload.dead-letter:
-      event_type: media.upload_failed
-      visibility: direct
-      recipient_field: user_id
-    public.media.expired.events:
-      event_type: media.upload_expired
-      visibility: direct
-      recipient_field: user_id
-    public.media.download.signed:
-      event_type: media.download_ready
-      visibility: direct
-      recipient_field: user_id
-    public.media.download.rejected:
-      event_type: media.download_rejected
-      visibility: direct
-      recipient_field: user_id
-    public.media.delete.events:
-      event_type: media.file_deleted
-      visibility: direct
-      recipient_field: user_id
-    public.media.delete.rejected:
-      event_type: media.delete_rejected
-      visibility: direct
-      recipient_field: user_id
+"#;
+
+/// The rest of the defaults, after the topic mappings.
+const DEFAULTS_TAIL: &str = r#"
 kafka:
   bootstrap_servers: 127.0.0.1:9092
   client_id: notification-writer
@@ -140,8 +109,53 @@ impl Validate for Config {
     }
 }
 
+/// The notification each media saga result becomes: a direct one to the file's owner
+/// (`user_id`), the record as its payload (e.g. `upload_url`, `download_url`, `reason`).
+pub const MEDIA_NOTIFICATIONS: [(MediaTopic, &str); 9] = [
+    (MediaTopic::UploadSigned, "media.upload_ready"),
+    (MediaTopic::UploadRejected, "media.upload_rejected"),
+    (MediaTopic::UploadConfirmed, "media.upload_confirmed"),
+    (MediaTopic::UploadDeadLetter, "media.upload_failed"),
+    (MediaTopic::Expired, "media.upload_expired"),
+    (MediaTopic::DownloadSigned, "media.download_ready"),
+    (MediaTopic::DownloadRejected, "media.download_rejected"),
+    (MediaTopic::Deleted, "media.file_deleted"),
+    (MediaTopic::DeleteRejected, "media.delete_rejected"),
+];
+
+/// The default configuration (YAML), media mappings included.
+pub fn defaults() -> String {
+    let mut yaml = DEFAULTS_HEAD.trim_end().to_string();
+    for (topic, event_type) in MEDIA_NOTIFICATIONS {
+        yaml.push_str(&format!(
+            "\n    {}:\n      event_type: {event_type}\n      visibility: direct\n      recipient_field: user_id",
+            topic.name()
+        ));
+    }
+    yaml.push_str(DEFAULTS_TAIL);
+    yaml
+}
+
 impl Config {
     pub fn load() -> Result<Self, ConfigError> {
-        substrate_runtime::load_config(DEFAULTS)
+        substrate_runtime::load_config(&defaults())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_map_every_media_result_to_its_owner() {
+        let config: Config = substrate_runtime::config::load_config_from(&defaults(), "{}")
+            .expect("the defaults load");
+        let topics = &config.notification_writer.topics;
+        for (topic, event_type) in MEDIA_NOTIFICATIONS {
+            let mapping = &topics[topic.name()];
+            assert_eq!(mapping.event_type, event_type);
+            assert_eq!(mapping.recipient_field.as_deref(), Some("user_id"));
+        }
+        assert!(topics.contains_key("public.user.message.events"));
     }
 }
