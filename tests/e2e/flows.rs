@@ -65,6 +65,8 @@ async fn login_loop_webhook_to_identity_login_row() {
     assert_eq!(payload_row["provider"], "email");
 
     // The same change delivered again is the same event: still one row.
+    let login_topic = "public.identity.login.events";
+    let records = stack.consumer_at_end(login_topic);
     let again: serde_json::Value = send(&stack.login_webhook_secret)
         .await
         .unwrap()
@@ -72,7 +74,32 @@ async fn login_loop_webhook_to_identity_login_row() {
         .await
         .unwrap();
     assert_eq!(event_id_of(&again), event_id);
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    // Once the stack's writer has committed past the repeated record, it was handled.
+    let (partition, offset) = loop {
+        let message = tokio::time::timeout(Duration::from_secs(30), records.recv())
+            .await
+            .expect("the repeated record in the topic")
+            .unwrap();
+        let id = message.headers().and_then(|h| {
+            h.iter()
+                .find(|h| h.key == "ce_id")
+                .and_then(|h| h.value)
+                .map(|v| String::from_utf8_lossy(v).into_owned())
+        });
+        if id.as_deref() == Some(event_id.to_string().as_str()) {
+            break (message.partition(), message.offset());
+        }
+    };
+    eventually(
+        Duration::from_secs(30),
+        "the writer past the repeat",
+        || async {
+            let next = stack.committed("notification-writer", login_topic, partition)?;
+            (next > offset).then_some(())
+        },
+    )
+    .await
+    .unwrap();
     let db = stack.db().await;
     assert_eq!(notification_rows(&db, event_id).await.unwrap().len(), 1);
 

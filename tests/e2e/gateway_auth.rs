@@ -13,7 +13,7 @@ use base64::Engine;
 use jsonwebtoken::jwk::{Jwk, JwkSet};
 use jsonwebtoken::{encode, Algorithm, EncodingKey, Header};
 use serde_json::{json, Value};
-use substrate_testkit::{repo_root, Stack};
+use substrate_testkit::{eventually, repo_root, Stack};
 use uuid::Uuid;
 
 use crate::harness::{http, post_json, TestGateway};
@@ -255,9 +255,24 @@ async fn jwt_acceptance_and_refusals() {
         .unwrap()
         .keys
         .push(public_jwk(&rsa, Algorithm::RS256, "rsa-2"));
-    tokio::time::sleep(Duration::from_millis(1100)).await;
+    // Tokens with the new kid are refused until the next refresh is allowed, then accepted;
+    // however often a client tries, the JWKS is fetched at most once per interval.
     let token = sign(Algorithm::RS256, Some("rsa-2"), &rsa, &claims(json!({})));
-    assert_eq!(post_json(&url, Some(&token), &body).await.0, 202);
+    let (rotating, before) = (std::time::Instant::now(), jwks.hits.load(Ordering::SeqCst));
+    eventually(
+        Duration::from_secs(10),
+        "the rotated key accepted",
+        || async { (post_json(&url, Some(&token), &body).await.0 == 202).then_some(()) },
+    )
+    .await
+    .unwrap();
+    let refreshes = jwks.hits.load(Ordering::SeqCst) - before;
+    let intervals = rotating.elapsed().as_secs() + 1;
+    assert!(
+        refreshes as u64 <= intervals,
+        "{refreshes} JWKS fetches in {:?} (at most one per second)",
+        rotating.elapsed()
+    );
 
     gw.stop().await;
 }

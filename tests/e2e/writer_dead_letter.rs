@@ -249,7 +249,13 @@ async fn postgres_outage_holds_offsets_and_the_writer_resumes() {
         .await;
         send(&producer, &topic, &payload, None).await;
     }
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    // The writer read them and keeps trying: wait until it has been refused a few times (its
+    // backoff retrying the held batch), then nothing may have been written.
+    eventually(Duration::from_secs(30), "reconnect attempts", || async {
+        (outage.refused() >= 3).then_some(())
+    })
+    .await
+    .unwrap();
     assert_eq!(
         count_rows(&db, &event_type).await,
         1,

@@ -215,6 +215,27 @@ impl Stack {
 }
 
 impl Stack {
+    /// The next offset `group` will read in a partition (its committed offset), if any.
+    pub fn committed(&self, group: &str, topic: &str, partition: i32) -> Option<i64> {
+        use rdkafka::consumer::BaseConsumer;
+        use rdkafka::{Offset, TopicPartitionList};
+        let consumer: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", &self.bootstrap_servers)
+            .set("group.id", group)
+            .set("enable.auto.commit", "false")
+            .create()
+            .ok()?;
+        let mut list = TopicPartitionList::new();
+        list.add_partition(topic, partition);
+        let offsets = consumer
+            .committed_offsets(list, Duration::from_secs(10))
+            .ok()?;
+        match offsets.find_partition(topic, partition)?.offset() {
+            Offset::Offset(next) => Some(next),
+            _ => None,
+        }
+    }
+
     /// A consumer positioned at the current end of every partition of `topic`: it sees only
     /// records produced after this call, however long the topic is.
     pub fn consumer_at_end(&self, topic: &str) -> StreamConsumer {
@@ -367,6 +388,7 @@ pub fn unique(prefix: &str) -> String {
 pub struct Outage {
     pub addr: std::net::SocketAddr,
     up: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    refused: std::sync::Arc<std::sync::atomic::AtomicU64>,
     generation: tokio::sync::watch::Sender<u64>,
 }
 
@@ -377,7 +399,9 @@ impl Outage {
         let addr = listener.local_addr().unwrap();
         let up = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
         let (generation, _) = tokio::sync::watch::channel(0u64);
+        let refused = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
         let flag = up.clone();
+        let refusals = refused.clone();
         let cut = generation.clone();
         tokio::spawn(async move {
             loop {
@@ -386,6 +410,7 @@ impl Outage {
                 };
                 if !flag.load(Ordering::SeqCst) {
                     drop(inbound);
+                    refusals.fetch_add(1, Ordering::SeqCst);
                     continue;
                 }
                 let mut cut = cut.subscribe();
@@ -403,8 +428,14 @@ impl Outage {
         Self {
             addr,
             up,
+            refused,
             generation,
         }
+    }
+
+    /// Connections refused while down: how often the client tried to reconnect.
+    pub fn refused(&self) -> u64 {
+        self.refused.load(std::sync::atomic::Ordering::SeqCst)
     }
 
     /// Cuts every open connection and refuses new ones.
