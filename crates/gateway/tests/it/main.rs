@@ -79,8 +79,10 @@ async fn sigterm_drains_in_flight_requests_and_loses_no_accepted_event() {
     let url = format!("{base}/api/v1/events/drain");
     let stop_at = Instant::now() + Duration::from_secs(3);
     let mut workers = Vec::new();
+    let progress = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
     for _ in 0..32 {
         let (client, url, token) = (reqwest::Client::new(), url.clone(), token.clone());
+        let progress = progress.clone();
         workers.push(tokio::spawn(async move {
             let mut accepted = Vec::new();
             let mut failed = 0u32;
@@ -95,6 +97,7 @@ async fn sigterm_drains_in_flight_requests_and_loses_no_accepted_event() {
                     Ok(r) if r.status() == 202 => {
                         let body: serde_json::Value = r.json().await.unwrap();
                         accepted.push(body["event_id"].as_str().unwrap().to_string());
+                        progress.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                     }
                     Ok(r) => panic!("unexpected status {} during shutdown", r.status()),
                     Err(_) => {
@@ -106,7 +109,11 @@ async fn sigterm_drains_in_flight_requests_and_loses_no_accepted_event() {
             (accepted, failed)
         }));
     }
-    tokio::time::sleep(Duration::from_millis(800)).await;
+    // SIGTERM once the clients are being served, so it lands in the middle of the load.
+    while progress.load(std::sync::atomic::Ordering::SeqCst) < 200 {
+        assert!(Instant::now() < stop_at, "no load before the deadline");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     let status = Command::new("kill")
         .arg("-TERM")
         .arg(child.id().to_string())
