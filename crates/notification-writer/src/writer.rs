@@ -1,6 +1,7 @@
 //! The consume → decode → map → batch insert loop. A batch is written in one statement when
-//! no further record is waiting or it is full; offsets are stored only after every record of it
-//! is written or dead-lettered. Failures follow the platform's model: transient ones (Postgres
+//! no further record is waiting or it is full; while it is written the next one is read and
+//! decoded (one write at a time, in order). Offsets are stored only after every record of a
+//! batch and of the batches before it is written or dead-lettered. Failures follow the platform's model: transient ones (Postgres
 //! or the registry unavailable) back off with offsets held; a batch refused for a permanent
 //! reason is split in halves until the refused record is alone, which goes to the dead letter
 //! while the rest are written; undecodable or unmappable records are dead-lettered at once.
@@ -38,6 +39,11 @@ pub struct Writer {
 /// Shutdown interrupted a retry; what was not written is redelivered after a restart.
 struct Interrupted;
 
+/// A batch being written; yields it back (cleared when written) for reuse.
+type Writing<'a> = std::pin::Pin<
+    Box<dyn std::future::Future<Output = (Batch<'a>, Result<(), Interrupted>)> + Send + 'a>,
+>;
+
 /// Rows read but not yet written, with the records they came from (to dead-letter one).
 struct Batch<'a> {
     rows: Vec<NewNotification>,
@@ -55,12 +61,20 @@ impl Batch<'_> {
 
 impl Writer {
     pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
-        let mut batch = Batch {
+        let empty = || Batch {
             rows: Vec::with_capacity(self.batch_max_rows),
             sources: Vec::with_capacity(self.batch_max_rows),
             offsets: OffsetBatch::new(),
         };
+        let mut batch = empty();
+        // One batch is written while the next is read and decoded: PostgreSQL inserts on one
+        // core while the writer decodes on the other. Batches are written one at a time, in
+        // order, so each stores offsets only above the previous one's.
+        let mut writing: Option<Writing<'_>> = None;
+        let mut spare: Option<Batch<'_>> = None;
         let mut deadline: Option<Instant> = None;
+        // A batch whose write shutdown interrupted: nothing after it may store offsets.
+        let mut interrupted = false;
         loop {
             let timer = async {
                 match deadline {
@@ -68,13 +82,27 @@ impl Writer {
                     None => std::future::pending().await,
                 }
             };
+            let idle = writing.is_none();
+            let written = async {
+                match writing.as_mut() {
+                    Some(w) => w.await,
+                    None => std::future::pending().await,
+                }
+            };
             tokio::select! {
                 biased;
                 _ = shutdown.cancelled() => break,
-                _ = timer => {
-                    if self.flush(&mut batch, &shutdown).await.is_err() {
+                (done, result) = written => {
+                    writing = None;
+                    if result.is_err() {
+                        interrupted = true;
                         break;
                     }
+                    spare = Some(done);
+                }
+                // A batch waits for its first record's age only while none is being written.
+                _ = timer, if idle => {
+                    writing = Some(self.write(&mut batch, &mut spare, &empty, &shutdown));
                     deadline = None;
                 }
                 message = self.consumer.recv() => {
@@ -104,18 +132,23 @@ impl Writer {
                         deadline = Some(Instant::now() + self.batch_max);
                     }
                     if batch.rows.len() >= self.batch_max_rows {
-                        if self.flush(&mut batch, &shutdown).await.is_err() {
-                            break;
+                        // Full: wait for the batch being written, then write this one.
+                        if let Some(w) = writing.take() {
+                            let (done, result) = w.await;
+                            if result.is_err() {
+                                interrupted = true;
+                                break;
+                            }
+                            spare = Some(done);
                         }
+                        writing = Some(self.write(&mut batch, &mut spare, &empty, &shutdown));
                         deadline = None;
                     }
                 }
-                // Nothing more is waiting: write what was read now rather than at the deadline
-                // (under load records keep arriving and batches fill up to batch_max_rows).
-                _ = std::future::ready(()), if !batch.offsets.is_empty() => {
-                    if self.flush(&mut batch, &shutdown).await.is_err() {
-                        break;
-                    }
+                // Nothing more is waiting and nothing is being written: write what was read now
+                // rather than at the deadline (under load batches fill up while one is written).
+                _ = std::future::ready(()), if idle && !batch.offsets.is_empty() => {
+                    writing = Some(self.write(&mut batch, &mut spare, &empty, &shutdown));
                     deadline = None;
                 }
             }
@@ -129,7 +162,16 @@ impl Writer {
             tokio::time::sleep(grace).await;
             timer.cancel();
         });
-        let _ = self.flush(&mut batch, &drain).await;
+        let finished = match writing.take() {
+            Some(w) => tokio::select! {
+                (_, result) = w => result.is_ok(),
+                _ = drain.cancelled() => false,
+            },
+            None => true,
+        };
+        if finished && !interrupted {
+            let _ = self.flush(&mut batch, &drain).await;
+        }
         guard.abort();
         if let Err(e) = rdkafka::consumer::Consumer::commit_consumer_state(
             &self.consumer,
@@ -138,6 +180,22 @@ impl Writer {
             tracing::debug!(error = %e, "final commit");
         }
         Ok(())
+    }
+
+    /// Starts writing `batch` (swapped for the spare, or a new one, to keep reading into).
+    fn write<'a>(
+        &'a self,
+        batch: &mut Batch<'a>,
+        spare: &mut Option<Batch<'a>>,
+        empty: &impl Fn() -> Batch<'a>,
+        shutdown: &'a CancellationToken,
+    ) -> Writing<'a> {
+        let next = spare.take().unwrap_or_else(empty);
+        let mut full = std::mem::replace(batch, next);
+        Box::pin(async move {
+            let result = self.flush(&mut full, shutdown).await;
+            (full, result)
+        })
     }
 
     /// Decodes and maps one record. Registry outages are retried here (the record is fine); a
