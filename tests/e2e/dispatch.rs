@@ -11,7 +11,7 @@ use axum::extract::State;
 use axum::http::HeaderMap;
 use serde_json::{json, Value};
 use substrate_db::rules::{upsert, RuleRow};
-use substrate_testkit::{eventually, unique, Stack};
+use substrate_testkit::{eventually, metric, unique, Stack};
 use uuid::Uuid;
 
 use crate::harness::post_json;
@@ -76,8 +76,15 @@ async fn vip_purchase_alerts_slack_and_others_are_archived_to_s3() {
     )
     .await
     .unwrap();
-    // Rules are live within a second.
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    // Both rules are live once the running evaluator reports their versions.
+    for name in [&vip_name, &other_name] {
+        let series = format!("rule_evaluator_rule_version{{rule=\"{name}\"}}");
+        eventually(Duration::from_secs(10), "the rules loaded", || async {
+            (metric(&stack.rule_evaluator_metrics, &series).await? >= 1.0).then_some(())
+        })
+        .await
+        .unwrap();
+    }
 
     let user = Uuid::new_v4();
     let token = stack.token(user, "vip@example.com");

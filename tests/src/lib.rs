@@ -65,6 +65,8 @@ pub struct Stack {
     /// The object store (`S3_*` of stack.env).
     pub s3: substrate_s3::S3Config,
     pub s3_archive_bucket: String,
+    /// The running rule-evaluator's `/metrics`.
+    pub rule_evaluator_metrics: String,
     registry: Registry,
 }
 
@@ -103,6 +105,11 @@ impl Stack {
                 get("S3_SECRET_ACCESS_KEY"),
             ),
             s3_archive_bucket: get("S3_ARCHIVE_BUCKET"),
+            rule_evaluator_metrics: format!(
+                "http://{}/metrics",
+                optional("SUBSTRATE_RULE_EVALUATOR__LISTEN")
+                    .unwrap_or_else(|| "127.0.0.1:8092".into())
+            ),
         }
     }
 
@@ -272,6 +279,19 @@ fn read_dotenv(path: &Path) -> HashMap<String, String> {
         .filter_map(|l| l.split_once('='))
         .map(|(k, v)| (k.trim().to_string(), v.trim().trim_matches('"').to_string()))
         .collect()
+}
+
+/// The value of one series (`name` or `name{labels}`) on a Prometheus `/metrics` page; `None`
+/// while the page does not answer or the series is absent.
+pub async fn metric(url: &str, series: &str) -> Option<f64> {
+    let page = reqwest::get(url).await.ok()?.text().await.ok()?;
+    page.lines().find_map(|line| {
+        line.strip_prefix(series)?
+            .strip_prefix(' ')?
+            .trim()
+            .parse()
+            .ok()
+    })
 }
 
 /// Polls `check` until it returns `Some` or `timeout` passes.

@@ -41,6 +41,8 @@ pub async fn serve(
     listener: TcpListener,
     shutdown: Shutdown,
 ) -> anyhow::Result<()> {
+    // The recorder first: descriptions and early metrics would go to the no-op recorder.
+    substrate_runtime::ops::metrics_handle();
     metrics::describe();
     let c = &config.dispatcher;
     let schedule = c.schedule().map_err(anyhow::Error::msg)?;

@@ -79,6 +79,8 @@ pub struct App {
 
 /// Builds the state and the router. The producer is returned for flushing at shutdown.
 pub fn build(config: &Config, shutdown: &Shutdown) -> anyhow::Result<(Router, Producer)> {
+    // The recorder first: descriptions and early metrics would go to the no-op recorder.
+    substrate_runtime::ops::metrics_handle();
     metrics::describe();
     let routes = Arc::new(
         RouteStore::load(&config.gateway.routes_file, &config.gateway.avro_dir)

@@ -5,12 +5,15 @@
 //! skip it) and the saga, produces its results, and only then marks it fired: a crash before the
 //! commit undoes the database changes and the deadline fires again with the same event ids.
 //!
-//! An upload's TTL fires only once every arrival written before it fell due has been read: after
-//! downtime the arrivals wait in `upload.received`, and an upload that arrived in time must not be
-//! expired because the timer ran before the backlog. The consumer group's committed offsets,
-//! compared with the first record at the deadline's time in each partition, say when that is
-//! ([`GroupProgress`]); the arrival's time is the record's timestamp, set where it was observed
-//! (the upload-complete call, the S3 event).
+//! A deadline fires only once every record that could answer it and was written before it fell
+//! due has been read: after downtime the arrivals wait in `upload.received`, the moved files'
+//! reports in `file.ready` and the retries a timeout asked for in `upload.retry`. An upload that
+//! arrived in time must not be expired because the timer ran before the backlog, a move that
+//! completed must not be retried, and a move timeout must not spend the next retry before the
+//! last one was even attempted. The consumer group's committed offsets, compared with the first
+//! record at the deadline's time in each partition, say when that is ([`GroupProgress`]); an
+//! arrival's time is the record's timestamp, set where it was observed (the upload-complete call,
+//! the S3 event).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -31,7 +34,7 @@ use crate::saga::{db, Engine, StepError};
 /// can never be produced) is marked fired with the error logged, so it is not retried forever.
 pub async fn run(
     engine: Arc<Engine>,
-    arrivals: Arc<GroupProgress>,
+    answers: Arc<GroupProgress>,
     poll: Duration,
 ) -> anyhow::Result<()> {
     let shutdown = engine.shutdown.token();
@@ -45,13 +48,9 @@ pub async fn run(
         match due.await {
             Ok(deadlines) => {
                 let full = deadlines.len() >= BATCH as usize;
-                let oldest_ttl = deadlines
-                    .iter()
-                    .filter(|d| d.kind == DeadlineKind::UploadTtl)
-                    .map(|d| d.due_at.timestamp_millis())
-                    .min();
-                let read_until = match oldest_ttl {
-                    Some(oldest) => arrivals_read_until(&arrivals, oldest).await,
+                let oldest = deadlines.iter().map(|d| d.due_at.timestamp_millis()).min();
+                let read_until = match oldest {
+                    Some(oldest) => answers_read_until(&answers, oldest).await,
                     None => None,
                 };
                 let mut held = 0;
@@ -59,9 +58,7 @@ pub async fn run(
                     if shutdown.is_cancelled() {
                         return Ok(());
                     }
-                    if deadline.kind == DeadlineKind::UploadTtl
-                        && read_until.is_none_or(|until| deadline.due_at.timestamp_millis() > until)
-                    {
+                    if read_until.is_none_or(|until| deadline.due_at.timestamp_millis() > until) {
                         held += 1;
                         continue;
                     }
@@ -78,7 +75,7 @@ pub async fn run(
                 if held > 0 {
                     tracing::debug!(
                         held,
-                        "upload TTLs wait until the arrivals written before them are read"
+                        "deadlines wait until the answers written before them are read"
                     );
                 } else if full {
                     continue;
@@ -93,15 +90,16 @@ pub async fn run(
     }
 }
 
-/// The latest time before which every arrival is known to be read: now when the group has read
-/// everything, else `oldest` (the oldest due TTL) when it has read that far; `None` when it has
-/// not, or the broker cannot tell (the TTLs wait: firing early would expire arrived uploads).
-async fn arrivals_read_until(arrivals: &Arc<GroupProgress>, oldest: i64) -> Option<i64> {
-    let arrivals = arrivals.clone();
+/// The latest time before which every answer is known to be read: now when the group has read
+/// everything, else `oldest` (the oldest due deadline) when it has read that far; `None` when it
+/// has not, or the broker cannot tell (the deadlines wait: firing early would expire arrived
+/// uploads or spend move retries).
+async fn answers_read_until(answers: &Arc<GroupProgress>, oldest: i64) -> Option<i64> {
+    let answers = answers.clone();
     let now = chrono::Utc::now().timestamp_millis();
     let checked = tokio::task::spawn_blocking(move || {
         for until in [now, oldest] {
-            if arrivals.processed_before(until, Duration::from_secs(5))? {
+            if answers.processed_before(until, Duration::from_secs(5))? {
                 return Ok(Some(until));
             }
         }
@@ -111,11 +109,11 @@ async fn arrivals_read_until(arrivals: &Arc<GroupProgress>, oldest: i64) -> Opti
     match checked {
         Ok(Ok(until)) => until,
         Ok(Err(e)) => {
-            tracing::warn!(error = %e, "cannot tell how far the arrivals are read; upload TTLs wait");
+            tracing::warn!(error = %e, "cannot tell how far the answers are read; deadlines wait");
             None
         }
         Err(e) => {
-            tracing::warn!(error = %e, "checking the arrivals failed; upload TTLs wait");
+            tracing::warn!(error = %e, "checking how far the answers are read failed; deadlines wait");
             None
         }
     }

@@ -44,6 +44,8 @@ pub async fn serve(
     listener: TcpListener,
     shutdown: Shutdown,
 ) -> anyhow::Result<()> {
+    // The recorder first: descriptions and early metrics would go to the no-op recorder.
+    substrate_runtime::ops::metrics_handle();
     metrics::describe();
     let c = config.media_saga.clone();
     let catalog = Catalog::load(&c.avro_dir).context("loading avro schemas")?;
@@ -137,12 +139,15 @@ pub async fn serve(
         substrate_runtime::http::serve(listener, app, &limits, token).await?;
         Ok(())
     });
-    let arrivals = substrate_kafka::progress::GroupProgress::new(
-        &config.kafka,
-        &c.group_id,
-        &topics.name(Topic::UploadReceived),
-    )
-    .context("creating the arrivals progress client")?;
+    // The records that cancel or answer a deadline: arrivals, the moved file's report and the
+    // move retries a timeout asked for.
+    let answers: Vec<String> = [Topic::UploadReceived, Topic::FileReady, Topic::UploadRetry]
+        .iter()
+        .map(|t| topics.name(*t))
+        .collect();
+    let arrivals =
+        substrate_kafka::progress::GroupProgress::new(&config.kafka, &c.group_id, &answers)
+            .context("creating the progress client")?;
     shutdown.spawn(
         "deadlines",
         deadlines::run(

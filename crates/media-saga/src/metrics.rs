@@ -19,6 +19,6 @@ pub fn describe() {
     metrics::describe_counter!(DEADLINES_FIRED, "Deadlines handled, by kind and effect");
     metrics::describe_gauge!(
         DEADLINES_HELD,
-        "Due upload TTLs waiting for the arrivals written before them to be read"
+        "Due deadlines waiting for the arrivals, moved-file reports and retries written before them to be read"
     );
 }

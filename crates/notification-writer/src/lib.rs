@@ -31,6 +31,8 @@ pub async fn serve(
     listener: TcpListener,
     shutdown: Shutdown,
 ) -> anyhow::Result<()> {
+    // The recorder first: descriptions and early metrics would go to the no-op recorder.
+    substrate_runtime::ops::metrics_handle();
     metrics::describe();
     let w = &config.notification_writer;
     let pool = substrate_db::connect_pool(&config.database)?;

@@ -36,6 +36,9 @@ pub async fn serve(
     listener: TcpListener,
     shutdown: Shutdown,
 ) -> anyhow::Result<()> {
+    // Install the Prometheus recorder before anything is recorded: descriptions and the first
+    // rule load would otherwise go to the no-op recorder (the ops router installs it later).
+    ops::metrics_handle();
     metrics::describe();
     let c = &config.rule_evaluator;
     let catalog = Catalog::load(&c.avro_dir).context("loading avro schemas")?;

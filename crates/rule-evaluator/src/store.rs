@@ -16,7 +16,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::AbortOnDropHandle;
 use uuid::Uuid;
 
-use crate::metrics::{RULES_LOADED, RULE_RELOADS};
+use crate::metrics::{RULES_LOADED, RULE_RELOADS, RULE_VERSION};
 
 /// One enabled rule, parsed.
 #[derive(Debug)]
@@ -34,6 +34,8 @@ pub struct RuleDef {
 struct Snapshot {
     generation: u64,
     by_topic: HashMap<String, Vec<Arc<RuleDef>>>,
+    /// Version of every loaded rule, by name (what the `rule_version` gauge shows).
+    versions: HashMap<String, i32>,
 }
 
 pub type CompiledRules = RuleSet<Arc<RuleDef>>;
@@ -56,16 +58,17 @@ impl Store {
         })
     }
 
-    /// Reads every enabled rule and swaps the table. Rules whose condition no longer parses are
-    /// skipped with a warning (they were validated when saved).
+    /// Reads every enabled rule and swaps the table; returns how many are in effect. Rules whose
+    /// condition no longer parses are skipped with a warning (they were validated when saved).
     pub async fn reload(&self) -> Result<usize, substrate_db::DbError> {
         let client = self.pool.get().await?;
         let rows = load_enabled(&**client).await?;
         let mut by_topic: HashMap<String, Vec<Arc<RuleDef>>> = HashMap::new();
-        let count = rows.len();
+        let mut versions = HashMap::new();
         for row in rows {
             match parse(&row) {
                 Ok(def) => {
+                    versions.insert(def.name.clone(), def.version);
                     let def = Arc::new(def);
                     for topic in &row.topics {
                         by_topic.entry(topic.clone()).or_default().push(def.clone());
@@ -76,12 +79,17 @@ impl Store {
                 }
             }
         }
+        // Rules in effect: the enabled ones that parse.
+        let count = versions.len();
         let generation = {
             let mut current = self.snapshot.write().expect("rules lock");
             let generation = current.generation + 1;
+            // Under the lock, so the gauges always describe the table in place.
+            publish_versions(&current.versions, &versions);
             *current = Arc::new(Snapshot {
                 generation,
                 by_topic,
+                versions,
             });
             generation
         };
@@ -116,6 +124,17 @@ impl Store {
             .expect("compiled lock")
             .insert(key, (snapshot.generation, set.clone()));
         set
+    }
+}
+
+/// Sets `rule_version` to the version of every loaded rule, and to 0 for the rules of the
+/// previous table that are no longer loaded (disabled, deleted, renamed, or no longer parsing).
+fn publish_versions(previous: &HashMap<String, i32>, loaded: &HashMap<String, i32>) {
+    for name in previous.keys().filter(|name| !loaded.contains_key(*name)) {
+        metrics::gauge!(RULE_VERSION, "rule" => name.clone()).set(0.0);
+    }
+    for (name, version) in loaded {
+        metrics::gauge!(RULE_VERSION, "rule" => name.clone()).set(f64::from(*version));
     }
 }
 

@@ -10,8 +10,10 @@ use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
-use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use serde_json::{json, Value};
 use substrate_testkit::{init_test_logs, repo_root, unique, InProcess, Stack};
 use uuid::Uuid;
@@ -125,6 +127,17 @@ impl Receiver {
         self.hits.lock().unwrap().clone()
     }
 
+    /// How many hits so far (cheap, unlike [`Receiver::hits`] on a long history).
+    pub fn hit_count(&self) -> usize {
+        self.hits.lock().unwrap().len()
+    }
+
+    /// The hits from the `start`-th on, in arrival order.
+    pub fn hits_from(&self, start: usize) -> Vec<Hit> {
+        let hits = self.hits.lock().unwrap();
+        hits.get(start..).map(<[Hit]>::to_vec).unwrap_or_default()
+    }
+
     pub fn hits_for(&self, id: &Uuid) -> Vec<Hit> {
         let id = id.to_string();
         self.hits()
@@ -156,6 +169,9 @@ pub struct Setup {
     pub delays: Vec<&'static str>,
     pub timeout_ms: u64,
     pub allow_private: bool,
+    /// `max_in_flight` and `http.per_endpoint_queue`, when not the defaults.
+    pub max_in_flight: Option<usize>,
+    pub per_endpoint_queue: Option<usize>,
 }
 
 impl Setup {
@@ -173,6 +189,8 @@ impl Setup {
             delays: delays.to_vec(),
             timeout_ms: 15_000,
             allow_private: true,
+            max_in_flight: None,
+            per_endpoint_queue: None,
         };
         setup.stack.create_topic(&setup.requests_topic, 3).await;
         setup.stack.create_topic(&setup.dead_letter_topic, 1).await;
@@ -188,7 +206,7 @@ impl Setup {
     /// The configuration as YAML (also usable as a `SUBSTRATE_CONFIG` file for the binary).
     pub fn yaml(&self) -> String {
         format!(
-            "dispatcher:\n  listen: 127.0.0.1:0\n  group_id: {group}\n  requests_topic: {requests}\n  dead_letter_topic: {dlq}\n  avro_dir: {avro}\n  endpoint_refresh_secs: 1\n  retry:\n    topic_prefix: {prefix}\n    delays: [{delays}]\n  http:\n    timeout_ms: {timeout}\n    connect_timeout_ms: 2000\n    per_endpoint_concurrency: 64\n    allow_private_targets: {private}\n  archive:\n    max_records: 1000\n    max_bytes: 4194304\n    max_wait_ms: 200\n{connections}",
+            "dispatcher:\n  listen: 127.0.0.1:0\n  group_id: {group}\n  requests_topic: {requests}\n  dead_letter_topic: {dlq}\n  avro_dir: {avro}\n  endpoint_refresh_secs: 1\n{max_in_flight}  retry:\n    topic_prefix: {prefix}\n    delays: [{delays}]\n  http:\n    timeout_ms: {timeout}\n    connect_timeout_ms: 2000\n    per_endpoint_concurrency: 64\n{queue}    allow_private_targets: {private}\n  archive:\n    max_records: 1000\n    max_bytes: 4194304\n    max_wait_ms: 200\n{connections}",
             group = self.group,
             requests = self.requests_topic,
             dlq = self.dead_letter_topic,
@@ -197,6 +215,14 @@ impl Setup {
             delays = self.delays.join(", "),
             timeout = self.timeout_ms,
             private = self.allow_private,
+            max_in_flight = self
+                .max_in_flight
+                .map(|n| format!("  max_in_flight: {n}\n"))
+                .unwrap_or_default(),
+            queue = self
+                .per_endpoint_queue
+                .map(|n| format!("    per_endpoint_queue: {n}\n"))
+                .unwrap_or_default(),
             connections = self.stack.connections_yaml(&self.stack.s3.endpoint),
         )
     }
@@ -220,11 +246,17 @@ impl Setup {
         request
     }
 
-    /// Produces many requests concurrently (in chunks), in the order given per key.
-    pub async fn send_many(&self, producer: &FutureProducer, requests: &[Request]) {
+    /// Produces many requests concurrently (in chunks), in the order given per key; returns
+    /// where each landed (partition, offset), in the order of `requests`.
+    pub async fn send_many(
+        &self,
+        producer: &FutureProducer,
+        requests: &[Request],
+    ) -> Vec<(i32, i64)> {
         let catalog = substrate_avro::Catalog::load(&repo_root().join("avro")).unwrap();
         let schema = catalog.get("internal.dispatch.requests").unwrap().clone();
         let registry = self.stack.registry();
+        let mut positions = Vec::with_capacity(requests.len());
         for chunk in requests.chunks(500) {
             let mut encoded = Vec::with_capacity(chunk.len());
             for request in chunk {
@@ -244,7 +276,7 @@ impl Setup {
                         key: "ce_id",
                         value: Some(id.as_str()),
                     });
-                    producer
+                    let delivery = producer
                         .send(
                             FutureRecord::<str, [u8]>::to(&self.requests_topic)
                                 .key(&request.event_id)
@@ -255,10 +287,12 @@ impl Setup {
                         .await
                         .map_err(|(e, _)| e)
                         .unwrap();
+                    (delivery.partition, delivery.offset)
                 }
             });
-            futures::future::join_all(sends).await;
+            positions.extend(futures::future::join_all(sends).await);
         }
+        positions
     }
 
     pub async fn send_request(&self, producer: &FutureProducer, request: &Request) {
@@ -285,6 +319,153 @@ impl Setup {
             .map_err(|(e, _)| e)
             .unwrap();
     }
+}
+
+/// A topic and one of its partitions.
+pub type Partition = (String, i32);
+
+/// One record of a topic: where it is and its `ce_id` header (the request id).
+#[derive(Debug, Clone)]
+pub struct Record {
+    pub partition: Partition,
+    pub offset: i64,
+    pub ce_id: Option<String>,
+    /// Create time (ms since the epoch).
+    pub timestamp_ms: Option<i64>,
+}
+
+/// Read-only views of this test's topics and of the dispatcher group's committed offsets, from
+/// a client that never joins the group (so the dispatcher's assignment is not disturbed).
+impl Setup {
+    fn client(&self, group: &str) -> BaseConsumer {
+        ClientConfig::new()
+            .set("bootstrap.servers", &self.stack.bootstrap_servers)
+            .set("group.id", group)
+            .set("enable.auto.commit", "false")
+            .set("enable.auto.offset.store", "false")
+            .set("enable.partition.eof", "false")
+            .create()
+            .expect("kafka client")
+    }
+
+    /// What the dispatcher's group committed per partition of `topics` (OffsetFetch only): the
+    /// offset a restarted dispatcher resumes at; 0 where nothing was committed (it then reads
+    /// from the start, `auto.offset.reset: earliest`).
+    pub async fn committed(&self, topics: &[String]) -> HashMap<Partition, i64> {
+        let client = self.client(&self.group);
+        let topics = topics.to_vec();
+        tokio::task::spawn_blocking(move || {
+            let timeout = Duration::from_secs(10);
+            let mut list = TopicPartitionList::new();
+            for topic in &topics {
+                for partition in partitions(&client, topic) {
+                    list.add_partition(topic, partition);
+                }
+            }
+            let committed = client
+                .committed_offsets(list, timeout)
+                .expect("committed offsets");
+            committed
+                .elements()
+                .iter()
+                .map(|e| {
+                    let offset = match e.offset() {
+                        Offset::Offset(o) => o,
+                        _ => 0,
+                    };
+                    ((e.topic().to_string(), e.partition()), offset)
+                })
+                .collect()
+        })
+        .await
+        .unwrap()
+    }
+
+    /// The end (high watermark) of every partition of `topics`.
+    pub async fn end_offsets(&self, topics: &[String]) -> HashMap<Partition, i64> {
+        let client = self.client(&unique("test-ends"));
+        let topics = topics.to_vec();
+        tokio::task::spawn_blocking(move || {
+            let timeout = Duration::from_secs(10);
+            let mut ends = HashMap::new();
+            for topic in &topics {
+                for partition in partitions(&client, topic) {
+                    let (_, high) = client
+                        .fetch_watermarks(topic, partition, timeout)
+                        .expect("watermarks");
+                    ends.insert((topic.clone(), partition), high);
+                }
+            }
+            ends
+        })
+        .await
+        .unwrap()
+    }
+
+    /// Every record now in `topic` (all partitions, up to their current ends).
+    pub async fn records(&self, topic: &str) -> Vec<Record> {
+        let ends = self.end_offsets(&[topic.to_string()]).await;
+        let client = self.client(&unique("test-read"));
+        let topic = topic.to_string();
+        tokio::task::spawn_blocking(move || {
+            let mut list = TopicPartitionList::new();
+            for ((_, partition), _) in ends.iter().filter(|(_, end)| **end > 0) {
+                list.add_partition_offset(&topic, *partition, Offset::Beginning)
+                    .unwrap();
+            }
+            let mut records = Vec::new();
+            if list.count() == 0 {
+                return records;
+            }
+            client.assign(&list).expect("assign");
+            let mut remaining: HashMap<i32, i64> = ends
+                .iter()
+                .filter(|(_, end)| **end > 0)
+                .map(|((_, p), end)| (*p, *end))
+                .collect();
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while !remaining.is_empty() {
+                assert!(Instant::now() < deadline, "reading {topic} timed out");
+                let Some(message) = client.poll(Duration::from_millis(200)) else {
+                    continue;
+                };
+                let message = message.expect("consume");
+                let ce_id = message.headers().and_then(|headers| {
+                    headers
+                        .iter()
+                        .find(|h| h.key == "ce_id")
+                        .and_then(|h| h.value)
+                        .map(|v| String::from_utf8_lossy(v).into_owned())
+                });
+                records.push(Record {
+                    partition: (topic.clone(), message.partition()),
+                    offset: message.offset(),
+                    ce_id,
+                    timestamp_ms: message.timestamp().to_millis(),
+                });
+                if remaining
+                    .get(&message.partition())
+                    .is_some_and(|end| message.offset() + 1 >= *end)
+                {
+                    remaining.remove(&message.partition());
+                }
+            }
+            records
+        })
+        .await
+        .unwrap()
+    }
+}
+
+fn partitions(client: &BaseConsumer, topic: &str) -> Vec<i32> {
+    let metadata = client
+        .fetch_metadata(Some(topic), Duration::from_secs(10))
+        .expect("topic metadata");
+    metadata.topics()[0]
+        .partitions()
+        .iter()
+        .map(|p| p.id())
+        .collect()
 }
 
 fn request_avro(request: &Request) -> apache_avro::types::Value {

@@ -1,7 +1,7 @@
 //! The dispatcher against the local stack (Kafka, registry, Postgres, S3) with real HTTP
 //! receivers: every sink, Standard Webhooks signatures checked by an independent implementation,
 //! retries through delay topics into the dead letter and back by replay, 410, isolation of a
-//! hanging endpoint, the SSRF guard, and a SIGKILL mid-stream.
+//! hanging endpoint, the SSRF guard, and ten SIGKILLs mid-stream.
 
 mod harness;
 
@@ -629,84 +629,446 @@ async fn private_targets_are_refused_unless_allowed() {
     running.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sigkill_mid_stream_loses_nothing_and_duplicates_keep_their_id() {
-    let setup = Setup::new(&["500ms"]).await;
-    // 64 deliveries in flight × 100 ms: about 640/s, so the kill lands mid-stream after
-    // offsets were committed (every second).
-    let receiver = Receiver::start(Answer::Slow(Duration::from_millis(100))).await;
-    let producer = setup.producer();
-    let config = std::env::temp_dir().join(format!("{}.yaml", setup.group));
-    std::fs::write(&config, setup.yaml()).unwrap();
-    let spawn = || {
+/// The dispatcher binary under test, SIGKILLed (or stopped) by the test; killed on drop so a
+/// failing test leaves no process behind.
+struct Dispatcher(std::process::Child);
+
+impl Dispatcher {
+    fn spawn(config: &std::path::Path, log: &std::path::Path) -> Self {
         let mut command = Command::new(env!("CARGO_BIN_EXE_dispatcher"));
         // Only this test's file configures it (the stack's SUBSTRATE_* would take precedence).
         for (key, _) in std::env::vars().filter(|(k, _)| k.starts_with("SUBSTRATE_")) {
             command.env_remove(key);
         }
-        command
-            .env("SUBSTRATE_CONFIG", &config)
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::null())
-            .spawn()
-            .unwrap()
-    };
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log)
+            .unwrap();
+        Self(
+            command
+                .env("SUBSTRATE_CONFIG", config)
+                .env("RUST_LOG", "warn")
+                .env("NO_COLOR", "1")
+                .stdout(Stdio::null())
+                .stderr(log)
+                .spawn()
+                .unwrap(),
+        )
+    }
 
-    const N: usize = 2000;
-    let mut sent = HashSet::new();
-    for i in 0..N {
-        let request = harness::Request::new(
-            json!({"type": "webhook", "url": receiver.url("/kill"), "secrets": [SECRET]}),
-            purchase("VIP", i as f64),
+    fn sigkill(&mut self) {
+        self.0.kill().unwrap();
+        self.0.wait().unwrap();
+    }
+
+    fn sigterm(&mut self) -> std::process::ExitStatus {
+        let sent = Command::new("kill")
+            .args(["-TERM", &self.0.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(sent.success());
+        self.0.wait().unwrap()
+    }
+
+    fn assert_running(&mut self, what: &str) {
+        if let Some(status) = self.0.try_wait().unwrap() {
+            panic!("the dispatcher exited ({status}) while {what}");
+        }
+    }
+}
+
+impl Drop for Dispatcher {
+    fn drop(&mut self) {
+        if matches!(self.0.try_wait(), Ok(None)) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+}
+
+/// The distinct `webhook-id`s a receiver got, read incrementally.
+#[derive(Default)]
+struct Delivered {
+    ids: HashSet<String>,
+    read: usize,
+}
+
+impl Delivered {
+    fn update(&mut self, receiver: &Receiver) -> usize {
+        let new = receiver.hits_from(self.read);
+        self.read += new.len();
+        self.ids
+            .extend(new.iter().map(|h| h.webhook_id().to_string()));
+        self.ids.len()
+    }
+
+    /// Polls until `done(distinct ids)`; fails when `deadline` passes or the dispatcher exits.
+    async fn wait(
+        &mut self,
+        receiver: &Receiver,
+        dispatcher: &mut Dispatcher,
+        deadline: Instant,
+        what: &str,
+        done: impl Fn(usize) -> bool,
+    ) {
+        loop {
+            let distinct = self.update(receiver);
+            if done(distinct) {
+                return;
+            }
+            dispatcher.assert_running(what);
+            assert!(
+                Instant::now() < deadline,
+                "timed out waiting until {what} ({distinct} distinct delivered)"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+/// One run of the dispatcher that ended with a SIGKILL.
+struct Killed {
+    /// Hits from this index on came after the kill (from the next run).
+    boundary: usize,
+    distinct: usize,
+    new_distinct: usize,
+    hits: usize,
+    /// From the restart to the first hit, and to the kill.
+    first_hit: Duration,
+    lasted: Duration,
+    /// Where the group resumes: offsets below were committed before the kill.
+    committed: HashMap<harness::Partition, i64>,
+}
+
+fn wall_ms() -> i64 {
+    chrono::Utc::now().timestamp_millis()
+}
+
+/// The receiver answers each webhook after 100 ms; the dispatcher holds up to 64 deliveries to
+/// one endpoint at once, so it delivers about 640 requests a second. Ten times in one run it is
+/// SIGKILLed once it delivered N/25 requests it had not delivered before (each kill lands with
+/// most of the work left), and restarted. Offsets are stored below the lowest request still in
+/// flight and auto-committed every second, so each kill may redeliver what was in flight or
+/// finished since the last commit (and a request deferred to the delay topic whose record was
+/// not committed is delivered from both): duplicates, each with its request's `webhook-id`,
+/// never from a record committed before the kill, and never a request lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ten_sigkills_mid_stream_lose_nothing_and_duplicates_keep_their_id() {
+    const N: usize = 4000;
+    const KILLS: usize = 10;
+    const MARGIN: usize = N / 25;
+    let started = Instant::now();
+    let deadline = started + Duration::from_secs(220);
+    let mut setup = Setup::new(&["500ms"]).await;
+    // The endpoint may hold everything the dispatcher reads ahead (queue = max_in_flight - 1),
+    // so only the odd request is deferred to the delay topic. With the defaults (4096 read
+    // ahead; beyond a queue of 256 the endpoint holds more only while its measured answer rate
+    // says it will reach them) every start defers hundreds to thousands. A deferred record's
+    // offset is stored only once the records below it are done, so after a kill the record is
+    // handled again (deferred again, or delivered) and its copy is delivered too: ten kills
+    // turned 4000 requests into ~25 000 copies and ~26 000 deliveries, and left hardly a request
+    // whose records were all committed at a kill, i.e. nothing for the commit check below.
+    setup.max_in_flight = Some(512);
+    setup.per_endpoint_queue = Some(511);
+    let retry_topic = format!("{}.500ms", setup.retry_prefix);
+    let topics = [setup.requests_topic.clone(), retry_topic.clone()];
+    let receiver = Receiver::start(Answer::Slow(Duration::from_millis(100))).await;
+    let producer = setup.producer();
+    let config = std::env::temp_dir().join(format!("{}.yaml", setup.group));
+    let log = std::env::temp_dir().join(format!("{}.log", setup.group));
+    std::fs::write(&config, setup.yaml()).unwrap();
+
+    let requests: Vec<Request> = (0..N)
+        .map(|i| {
+            Request::new(
+                json!({"type": "webhook", "url": receiver.url("/kill"), "secrets": [SECRET]}),
+                purchase("VIP", i as f64),
+            )
+        })
+        .collect();
+    let positions = setup.send_many(&producer, &requests).await;
+    let sent: HashSet<String> = requests.iter().map(|r| r.request_id.to_string()).collect();
+    eprintln!("{N} requests produced in {:?}", started.elapsed());
+
+    let mut delivered = Delivered::default();
+    let mut kills: Vec<Killed> = Vec::new();
+    let mut run_started = Instant::now();
+    let mut run_started_ms = vec![wall_ms()];
+    let mut dispatcher = Dispatcher::spawn(&config, &log);
+    for kill in 1..=KILLS {
+        let (run_from, distinct_before) = (delivered.read, delivered.ids.len());
+        let run_deadline = deadline.min(Instant::now() + Duration::from_secs(60));
+        delivered
+            .wait(
+                &receiver,
+                &mut dispatcher,
+                run_deadline,
+                &format!("run {kill} delivered something"),
+                |_| receiver.hit_count() > run_from,
+            )
+            .await;
+        let first_hit = run_started.elapsed();
+        delivered
+            .wait(
+                &receiver,
+                &mut dispatcher,
+                run_deadline,
+                &format!("run {kill} delivered {MARGIN} new requests"),
+                |distinct| distinct >= distinct_before + MARGIN,
+            )
+            .await;
+        dispatcher.sigkill();
+        let lasted = run_started.elapsed();
+        let committed = setup.committed(&topics).await;
+        let distinct = delivered.update(&receiver);
+        let boundary = delivered.read;
+        assert!(
+            distinct < N,
+            "kill {kill} landed mid-stream ({distinct} of {N} delivered)"
         );
-        sent.insert(request.request_id.to_string());
-        setup.send_request(&producer, &request).await;
+        kills.push(Killed {
+            boundary,
+            distinct,
+            new_distinct: distinct - distinct_before,
+            hits: boundary - run_from,
+            first_hit,
+            lasted,
+            committed,
+        });
+        run_started = Instant::now();
+        run_started_ms.push(wall_ms());
+        dispatcher = Dispatcher::spawn(&config, &log);
     }
-    let mut child = spawn();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while receiver.hits().len() < N / 2 && Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    child.kill().unwrap(); // SIGKILL
-    child.wait().unwrap();
-    let before = receiver.hits().len();
-    assert!(before < N, "killed mid-stream ({before} delivered)");
 
-    let mut child = spawn();
-    let delivered = eventually(
-        Duration::from_secs(90),
-        "every request delivered",
-        || async {
-            let ids: HashSet<String> = receiver
-                .hits()
-                .iter()
-                .map(|h| h.webhook_id().to_string())
-                .collect();
-            (ids.len() >= N).then_some(ids)
-        },
-    )
-    .await;
-    let _ = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status();
-    let status = child.wait().unwrap();
-    let delivered = delivered.unwrap();
-    assert_eq!(delivered, sent, "every request delivered, nothing else");
-    let hits = receiver.hits();
-    let mut per_id: HashMap<&str, usize> = HashMap::new();
-    for hit in &hits {
-        *per_id.entry(hit.webhook_id()).or_default() += 1;
-        assert!(hit.headers.contains_key("webhook-signature"));
+    let final_from = delivered.read;
+    delivered
+        .wait(
+            &receiver,
+            &mut dispatcher,
+            deadline,
+            "every request was delivered",
+            |distinct| distinct >= N,
+        )
+        .await;
+    let final_first_to_all = run_started.elapsed();
+    // Then every record (deferred copies in the delay topic too) is finished and committed.
+    loop {
+        let ends = setup.end_offsets(&topics).await;
+        let committed = setup.committed(&topics).await;
+        if ends.iter().all(|(p, end)| committed.get(p) == Some(end)) {
+            break;
+        }
+        dispatcher.assert_running("committing its last offsets");
+        assert!(
+            Instant::now() < deadline,
+            "the group never committed the ends {ends:?}: {committed:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let duplicates = hits.len() - per_id.len();
-    eprintln!(
-        "sigkill after {before} deliveries: {} total, {duplicates} duplicates (all with their request's webhook-id)",
-        hits.len()
-    );
+    let status = dispatcher.sigterm();
+    assert!(status.success(), "SIGTERM drains and exits 0 ({status})");
+    let elapsed = started.elapsed();
+
+    // Where every request was: its record in the requests topic, and the copies the dispatcher
+    // put into the delay topic (deferred while the endpoint was saturated), with when each copy
+    // was made.
+    let mut records: HashMap<String, Vec<(harness::Partition, i64, i64)>> = HashMap::new();
+    for (request, (partition, offset)) in requests.iter().zip(&positions) {
+        records
+            .entry(request.request_id.to_string())
+            .or_default()
+            .push((
+                (setup.requests_topic.clone(), *partition),
+                *offset,
+                i64::MIN,
+            ));
+    }
+    let deferred = setup.records(&retry_topic).await;
+    for record in &deferred {
+        let id = record.ce_id.clone().expect("a deferred copy keeps ce_id");
+        assert!(
+            sent.contains(&id),
+            "deferred copy of an unknown request {id}"
+        );
+        records.entry(id).or_default().push((
+            record.partition.clone(),
+            record.offset,
+            record.timestamp_ms.expect("a create time"),
+        ));
+    }
+    let dead = setup
+        .end_offsets(std::slice::from_ref(&setup.dead_letter_topic))
+        .await;
     assert!(
-        duplicates < before,
-        "offsets committed before the kill were not delivered again"
+        dead.values().all(|end| *end == 0),
+        "nothing dead-lettered: {dead:?}"
     );
-    assert!(status.success(), "SIGTERM drains and exits 0");
+
+    // Nothing lost, nothing else.
+    assert_eq!(delivered.ids, sent, "every request delivered, nothing else");
+    let hits = receiver.hits();
+    // Every hit is signed, and carries its request's id (duplicates too).
+    let by_event: HashMap<&str, String> = requests
+        .iter()
+        .map(|r| (r.event_id.as_str(), r.request_id.to_string()))
+        .collect();
+    for hit in &hits {
+        assert!(hit.headers.contains_key("webhook-signature"), "signed");
+        let event_id = hit.json()["event_id"].as_str().unwrap().to_string();
+        assert_eq!(
+            hit.webhook_id(),
+            by_event[event_id.as_str()],
+            "a delivery carries its request's webhook-id"
+        );
+    }
+    let verified = verify_with_python(&hits, &[SECRET]);
+    assert!(
+        verified.iter().all(|row| row[0]),
+        "every delivery verifies with the request's secret"
+    );
+
+    // Offsets committed before a kill were not delivered again. A restarted dispatcher resumes
+    // at the committed offsets, so once every record of a request that existed at kill k lay
+    // below them, nothing after the restart may deliver that request or copy it again.
+    let done_at = |k: usize, id: &str| {
+        let kill = &kills[k];
+        let restarted = run_started_ms[k + 1];
+        records[id]
+            .iter()
+            .filter(|(_, _, made)| *made < restarted)
+            .all(|(p, offset, _)| *offset < kill.committed.get(p).copied().unwrap_or(0))
+    };
+    let mut protected = Vec::new();
+    let mut violations = Vec::new();
+    for (k, kill) in kills.iter().enumerate() {
+        if k > 0 {
+            for (p, before) in &kills[k - 1].committed {
+                if kill.committed[p] < *before {
+                    violations.push(format!(
+                        "committed offset of {p:?} went back at kill {}",
+                        k + 1
+                    ));
+                }
+            }
+        }
+        let delivered_again: Vec<&str> = hits[kill.boundary..]
+            .iter()
+            .map(|h| h.webhook_id())
+            .filter(|id| done_at(k, id))
+            .collect();
+        if !delivered_again.is_empty() {
+            violations.push(format!(
+                "{} deliveries after kill {} of requests committed before it, e.g. {:?}",
+                delivered_again.len(),
+                k + 1,
+                &delivered_again[..delivered_again.len().min(3)]
+            ));
+        }
+        let copied_again: Vec<&str> = deferred
+            .iter()
+            .filter(|d| d.timestamp_ms.unwrap() >= run_started_ms[k + 1])
+            .map(|d| d.ce_id.as_deref().unwrap())
+            .filter(|id| done_at(k, id))
+            .collect();
+        if !copied_again.is_empty() {
+            violations.push(format!(
+                "{} requests committed before kill {} were deferred again after it, e.g. {:?}",
+                copied_again.len(),
+                k + 1,
+                &copied_again[..copied_again.len().min(3)]
+            ));
+        }
+        // How many of the requests delivered so far that check covered.
+        let before: HashSet<&str> = hits[..kill.boundary]
+            .iter()
+            .map(|h| h.webhook_id())
+            .collect();
+        protected.push(before.iter().filter(|id| done_at(k, id)).count());
+    }
+
+    // Report per run: duplicates are hits of a request delivered before (in an earlier run or
+    // earlier in the same run).
+    let mut seen: HashSet<&str> = HashSet::new();
+    let mut run_bounds: Vec<(usize, usize)> = Vec::new();
+    let mut from = 0;
+    for kill in &kills {
+        run_bounds.push((from, kill.boundary));
+        from = kill.boundary;
+    }
+    run_bounds.push((final_from, hits.len()));
+    let mut duplicates_per_run = Vec::new();
+    for (from, to) in &run_bounds {
+        let mut in_run: HashSet<&str> = HashSet::new();
+        let (mut again, mut twice_in_run) = (0, 0);
+        for hit in &hits[*from..*to] {
+            let id = hit.webhook_id();
+            if !in_run.insert(id) {
+                twice_in_run += 1;
+            }
+            if !seen.insert(id) {
+                again += 1;
+            }
+        }
+        duplicates_per_run.push((again, twice_in_run));
+    }
+    let deferred_per_run: Vec<usize> = (0..run_started_ms.len())
+        .map(|r| {
+            let from = run_started_ms[r];
+            let to = run_started_ms.get(r + 1).copied().unwrap_or(i64::MAX);
+            deferred
+                .iter()
+                .filter(|d| d.timestamp_ms.is_some_and(|t| t >= from && t < to))
+                .count()
+        })
+        .collect();
+    for (k, kill) in kills.iter().enumerate() {
+        let committed: i64 = kill.committed.values().sum();
+        eprintln!(
+            "run {:>2}: first hit {:>5.1?} after the start, {:>4} hits of which {:>3} duplicates ({:>3} twice in the run), {:>3} new, {:>3} deferred; killed after {:>5.1?} with {:>4} of {N} distinct delivered; {:>4} offsets committed, covering {:>4} delivered requests",
+            k + 1,
+            kill.first_hit,
+            kill.hits,
+            duplicates_per_run[k].0,
+            duplicates_per_run[k].1,
+            kill.new_distinct,
+            deferred_per_run[k],
+            kill.lasted,
+            kill.distinct,
+            committed,
+            protected[k],
+        );
+    }
+    let total_duplicates = hits.len() - delivered.ids.len();
+    eprintln!(
+        "final run: {} hits of which {} duplicates ({} twice in the run), {} deferred; all {N} delivered {:.1?} after the start. In all {} hits, {total_duplicates} duplicates (each with its request's webhook-id), {} deferred copies, {:.1?}",
+        hits.len() - final_from,
+        duplicates_per_run[KILLS].0,
+        duplicates_per_run[KILLS].1,
+        deferred_per_run[KILLS],
+        final_first_to_all,
+        hits.len(),
+        deferred.len(),
+        elapsed,
+    );
+    assert!(violations.is_empty(), "{violations:#?}");
+    // The check above had something to check: by the last kill, requests delivered earlier
+    // were committed (a dispatcher that never commits would redeliver everything).
+    assert!(
+        protected[KILLS - 1] >= MARGIN,
+        "by kill {KILLS} at least {MARGIN} delivered requests were committed ({protected:?})"
+    );
+    let warnings = std::fs::read_to_string(&log).unwrap_or_default();
+    // (The stack's session.timeout.ms applies to consumers only; librdkafka says so.)
+    let warnings: Vec<&str> = warnings
+        .lines()
+        .filter(|l| l.contains("WARN") && !l.contains("is a consumer property"))
+        .collect();
+    eprintln!("{} other warnings from the dispatcher", warnings.len());
+    for line in warnings.iter().take(5) {
+        eprintln!("  {line}");
+    }
+    assert!(elapsed < Duration::from_secs(240), "took {elapsed:?}");
     let _ = std::fs::remove_file(config);
+    let _ = std::fs::remove_file(log);
 }

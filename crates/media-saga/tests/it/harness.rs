@@ -2,11 +2,12 @@
 //! stack's Kafka, registry, Postgres and S3 server, and a collector of everything the saga
 //! produces.
 
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use media_saga::emit::{Topic, Topics};
-use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::consumer::{BaseConsumer, Consumer, StreamConsumer};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::util::Timeout;
 use rdkafka::{ClientConfig, Message};
@@ -159,7 +160,9 @@ impl Setup {
         let refs: Vec<&str> = names.iter().map(String::as_str).collect();
         consumer.subscribe(&refs).expect("subscribe");
         let records = Arc::new(Mutex::new(Vec::new()));
+        let positions = Arc::new(Mutex::new(HashMap::new()));
         let sink = records.clone();
+        let read = positions.clone();
         let registry = self.stack.registry();
         let topics = self.topics.clone();
         let task = tokio::spawn(async move {
@@ -167,28 +170,40 @@ impl Setup {
                 let Ok(m) = consumer.recv().await else {
                     continue;
                 };
-                let Some(topic) = topics.of(m.topic()) else {
-                    continue;
-                };
-                let Ok((value, _)) = registry.decode(m.payload().unwrap_or_default()).await else {
-                    continue;
-                };
-                let ce_id = m
-                    .headers()
-                    .and_then(|h| substrate_kafka::headers::header_str(h, "ce_id"))
-                    .unwrap_or_default()
-                    .to_string();
-                sink.lock()
+                if let Some(topic) = topics.of(m.topic()) {
+                    if let Ok((value, _)) = registry.decode(m.payload().unwrap_or_default()).await {
+                        let ce_id = m
+                            .headers()
+                            .and_then(|h| substrate_kafka::headers::header_str(h, "ce_id"))
+                            .unwrap_or_default()
+                            .to_string();
+                        sink.lock()
+                            .unwrap()
+                            .push((topic, avro_to_json(&value), ce_id));
+                    }
+                }
+                // Read (kept or skipped) only once it is in `records`.
+                read.lock()
                     .unwrap()
-                    .push((topic, avro_to_json(&value), ce_id));
+                    .insert((m.topic().to_string(), m.partition()), m.offset() + 1);
             }
         });
-        Collector { records, task }
+        Collector {
+            records,
+            positions,
+            bootstrap_servers: self.stack.bootstrap_servers.clone(),
+            topics: self.topics.clone(),
+            task,
+        }
     }
 }
 
 pub struct Collector {
     records: Arc<Mutex<Vec<(Topic, Value, String)>>>,
+    /// The next offset to read, by (topic name, partition).
+    positions: Arc<Mutex<HashMap<(String, i32), i64>>>,
+    bootstrap_servers: String,
+    topics: Topics,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -235,6 +250,49 @@ impl Collector {
             .collect()
     }
 
+    /// Waits until the collector has read every record `topic` holds now (up to the end offset of
+    /// each partition): what it has not seen afterwards was produced after this call.
+    pub async fn read_to_end(&self, topic: Topic, timeout: Duration) {
+        let name = self.topics.name(topic);
+        let bootstrap = self.bootstrap_servers.clone();
+        let topic_name = name.clone();
+        let ends = tokio::task::spawn_blocking(move || {
+            let consumer: BaseConsumer = ClientConfig::new()
+                .set("bootstrap.servers", &bootstrap)
+                .create()
+                .expect("metadata client");
+            let metadata = consumer
+                .fetch_metadata(Some(&topic_name), Duration::from_secs(10))
+                .expect("topic metadata");
+            metadata.topics()[0]
+                .partitions()
+                .iter()
+                .map(|p| {
+                    let (_, high) = consumer
+                        .fetch_watermarks(&topic_name, p.id(), Duration::from_secs(10))
+                        .expect("end offsets");
+                    (p.id(), high)
+                })
+                .collect::<Vec<_>>()
+        })
+        .await
+        .unwrap();
+        assert!(!ends.is_empty(), "{name} has partitions");
+        substrate_testkit::eventually(timeout, &format!("{name} read to its end"), || async {
+            let read = self.positions.lock().unwrap();
+            ends.iter()
+                .all(|(partition, end)| {
+                    *end == 0
+                        || read
+                            .get(&(name.clone(), *partition))
+                            .is_some_and(|p| p >= end)
+                })
+                .then_some(())
+        })
+        .await
+        .unwrap();
+    }
+
     /// Waits for the first record of `topic` for `request`.
     pub async fn wait(&self, topic: Topic, request: Uuid, timeout: Duration) -> Value {
         substrate_testkit::eventually(
@@ -248,6 +306,30 @@ impl Collector {
 }
 
 pub type Running = InProcess;
+
+/// The value of `name` on a service's `/metrics`, summed over its series whose labels include
+/// `labels` (0 when there is none). The Prometheus recorder is process-wide: every saga running
+/// in this test binary counts into the same series.
+pub async fn metric(base: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
+    let text = reqwest::get(format!("{base}/metrics"))
+        .await
+        .expect("metrics reachable")
+        .text()
+        .await
+        .unwrap();
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| l.rsplit_once(' '))
+        .filter(|(series, _)| {
+            let (series_name, series_labels) = series.split_once('{').unwrap_or((series, ""));
+            series_name == name
+                && labels
+                    .iter()
+                    .all(|(k, v)| series_labels.contains(&format!("{k}=\"{v}\"")))
+        })
+        .filter_map(|(_, value)| value.parse::<f64>().ok())
+        .sum()
+}
 
 /// PUTs `bytes` to a presigned URL as a browser would.
 pub async fn put(url: &str, bytes: Vec<u8>, content_type: &str) -> reqwest::StatusCode {

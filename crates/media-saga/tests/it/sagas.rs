@@ -10,8 +10,9 @@ use substrate_testkit::{eventually, Outage};
 use uuid::Uuid;
 
 use crate::harness::{
-    bytes, ledger_rows, notify, notify_accepted, put, s3_event, saga_state, Setup, SECRET,
+    bytes, ledger_rows, metric, notify, notify_accepted, put, s3_event, saga_state, Setup, SECRET,
 };
+use media_saga::metrics::MOVES;
 
 const WAIT: Duration = Duration::from_secs(30);
 
@@ -197,14 +198,37 @@ async fn an_expired_upload_is_refunded_once_even_when_it_falls_due_during_a_rest
     let second = setup.intent(&producer, user, "b.png", 100).await;
     out.wait(Topic::UploadSigned, second, WAIT).await;
     saga.stop().await;
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    // The TTL falls due (by the database's clock, which the deadline poller reads) while the saga
+    // is down.
+    eventually(WAIT, "the second upload's TTL to fall due", || async {
+        ttl_deadline(&db, second)
+            .await
+            .is_some_and(|(due, fired)| due && !fired)
+            .then_some(())
+    })
+    .await
+    .unwrap();
     assert_eq!(saga_state(&db, second).await.as_deref(), Some("signed"));
     let saga = setup.start().await;
     out.wait(Topic::Expired, second, WAIT).await;
     assert_eq!(saga_state(&db, second).await.as_deref(), Some("expired"));
 
-    // Exactly one refund each; the balance is back and equals the ledger.
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Exactly one refund and one expiry each; the balance is back and equals the ledger. That
+    // nothing fires twice is shown by what the saga has done, not by waiting a while: both TTLs
+    // are marked fired (in the transaction that refunded and expired, after the record was
+    // acknowledged; the poller only picks unfired deadlines, so no expiry can follow), and the
+    // collector has read the expiry topic to its end, so every expiry ever produced is counted.
+    eventually(WAIT, "both TTLs marked fired", || async {
+        for request in [first, second] {
+            if !ttl_deadline(&db, request).await?.1 {
+                return None;
+            }
+        }
+        Some(())
+    })
+    .await
+    .unwrap();
+    out.read_to_end(Topic::Expired, WAIT).await;
     for request in [first, second] {
         assert_eq!(ledger_rows(&db, request, "refund").await, 1);
         assert_eq!(out.of(Topic::Expired, request).len(), 1);
@@ -271,6 +295,7 @@ async fn a_failed_move_is_retried_and_a_persistent_failure_is_dead_lettered() {
     let (healed, lost) = (uploads[0].0, uploads[1].0);
 
     // The store is unreachable for the first move and the first retry, then comes back.
+    let failed_before = metric(&saga.url(), MOVES, &[("outcome", "failed")]).await;
     outage.down();
     setup
         .produce(
@@ -282,8 +307,19 @@ async fn a_failed_move_is_retried_and_a_persistent_failure_is_dead_lettered() {
     let retry = out.wait(Topic::UploadRetry, healed, WAIT).await;
     assert_eq!(retry["retry_count"], 1);
     assert!(out.of(Topic::UploadConfirmed, healed).is_empty());
-    // Past the S3 client's own retries of the first move (≤ 3 s after it started).
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    // The store comes back only once the first move gave up (after the S3 client's own
+    // retries), so the upload heals through the retry path: the saga counts the failed move.
+    // (The recorder is process-wide, but no other test of this binary makes a move fail.)
+    eventually(WAIT, "the first move to fail", || async {
+        (metric(&saga.url(), MOVES, &[("outcome", "failed")]).await > failed_before).then_some(())
+    })
+    .await
+    .unwrap();
+    // Nothing was confirmed while the store was down: the saga reported its failed move, and the
+    // collector has read the permanent-object and confirmation topics to their ends.
+    out.read_to_end(Topic::FileReady, WAIT).await;
+    out.read_to_end(Topic::UploadConfirmed, WAIT).await;
+    assert!(out.of(Topic::FileReady, healed).is_empty());
     assert!(out.of(Topic::UploadConfirmed, healed).is_empty());
     outage.restore();
     let confirmed = out.wait(Topic::UploadConfirmed, healed, WAIT).await;
@@ -415,4 +451,16 @@ async fn an_arrival_written_before_the_ttl_wins_over_the_timer_after_downtime() 
         .get(0);
     assert_eq!(left, 0, "no deadline left to fire later");
     saga.stop().await;
+}
+
+/// `(due, fired)` of a request's upload TTL by the database's clock; `None` when there is none.
+async fn ttl_deadline(db: &tokio_postgres::Client, request: Uuid) -> Option<(bool, bool)> {
+    db.query_opt(
+        "SELECT due_at <= now(), fired_at IS NOT NULL FROM public.media_deadlines
+         WHERE request_id = $1 AND kind = 'upload_ttl'",
+        &[&request],
+    )
+    .await
+    .unwrap()
+    .map(|r| (r.get(0), r.get(1)))
 }
