@@ -94,10 +94,20 @@ async fn a_minute_without_postgres_and_a_writer_restart_lose_and_dead_letter_not
     std::fs::create_dir_all(&dir).unwrap();
     let group = unique("faults-pg");
     let config = dir.join("notification-writer.yaml");
+    // Only this test's topic: every default mapping is switched off.
+    let defaults: notification_writer::Config =
+        substrate_runtime::config::load_config_from(&notification_writer::config::defaults(), "{}")
+            .unwrap();
+    let disabled: String = defaults
+        .notification_writer
+        .topics
+        .keys()
+        .map(|t| format!("    {t}:\n      enabled: false\n"))
+        .collect();
     std::fs::write(
         &config,
         format!(
-            "notification_writer:\n  listen: 127.0.0.1:0\n  group_id: {group}\n  batch_max_rows: 500\n  batch_max_ms: 20\n  dead_letter_topic: {dlq}\n  topics:\n    public.identity.login.events:\n      enabled: false\n    public.user.message.events:\n      enabled: false\n    {topic}:\n      event_type: {event_type}\n      visibility_field: visibility\n      recipient_field: recipient_id\n      sender_field: sender_id\n\
+            "notification_writer:\n  listen: 127.0.0.1:0\n  group_id: {group}\n  batch_max_rows: 500\n  batch_max_ms: 20\n  dead_letter_topic: {dlq}\n  topics:\n{disabled}    {topic}:\n      event_type: {event_type}\n      visibility_field: visibility\n      recipient_field: recipient_id\n      sender_field: sender_id\n\
              lifecycle:\n  shutdown_grace_ms: 2000\n\
              kafka:\n  bootstrap_servers: {kafka}\n\
              schema_registry:\n  url: {registry}\n\
