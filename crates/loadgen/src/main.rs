@@ -158,6 +158,17 @@ impl Sender {
     }
 }
 
+/// The value of one series (`name` or `name{labels}`) on a service's Prometheus page; 0 while
+/// the series does not exist yet.
+pub async fn counter(client: &reqwest::Client, url: &str, series: &str) -> anyhow::Result<f64> {
+    let text = client.get(url).send().await?.text().await?;
+    Ok(text
+        .lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .unwrap_or(0.0))
+}
+
 pub fn new_histogram() -> Histogram<u64> {
     Histogram::new_with_bounds(1, 60_000_000, 3).expect("histogram bounds")
 }

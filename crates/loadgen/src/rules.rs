@@ -20,13 +20,8 @@ pub struct Args {
 }
 
 async fn evaluated(client: &reqwest::Client, url: &str, topic: &str) -> anyhow::Result<u64> {
-    let text = client.get(url).send().await?.text().await?;
-    let prefix = format!("rule_evaluator_events_total{{topic=\"{topic}\"}} ");
-    Ok(text
-        .lines()
-        .find_map(|l| l.strip_prefix(&prefix))
-        .and_then(|v| v.trim().parse::<f64>().ok())
-        .unwrap_or(0.0) as u64)
+    let series = format!("rule_evaluator_events_total{{topic=\"{topic}\"}}");
+    Ok(crate::counter(client, url, &series).await? as u64)
 }
 
 pub async fn run(mut args: Args) -> anyhow::Result<()> {

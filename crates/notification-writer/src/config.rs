@@ -23,6 +23,7 @@ notification_writer:
   group_id: notification-writer
   batch_max_rows: 1000
   batch_max_ms: 50
+  concurrent_writes: 2
   dead_letter_topic: internal.notification.dead-letter
   topics:
     public.identity.login.events:
@@ -79,9 +80,17 @@ pub struct WriterConfig {
     pub batch_max_rows: usize,
     /// …or when its first record is this old.
     pub batch_max_ms: u64,
+    /// Full batches written at once, each on its own connection (keep `database.pool_size`
+    /// above it); offsets are still stored in read order.
+    #[serde(default = "default_concurrent_writes")]
+    pub concurrent_writes: usize,
     /// Where records that cannot be decoded or mapped go.
     pub dead_letter_topic: String,
     pub topics: BTreeMap<String, Mapping>,
+}
+
+fn default_concurrent_writes() -> usize {
+    2
 }
 
 impl Validate for Config {
@@ -92,6 +101,12 @@ impl Validate for Config {
             return Err(ConfigError::invalid(
                 "notification_writer.batch_max_rows",
                 "must be > 0",
+            ));
+        }
+        if w.concurrent_writes == 0 || w.concurrent_writes > 16 {
+            return Err(ConfigError::invalid(
+                "notification_writer.concurrent_writes",
+                "must be 1 to 16",
             ));
         }
         if !w.topics.values().any(|m| m.enabled) {

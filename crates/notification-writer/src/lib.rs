@@ -67,6 +67,7 @@ pub async fn serve(
         batch_max_rows: w.batch_max_rows,
         batch_max: Duration::from_millis(w.batch_max_ms),
         drain: shutdown.grace(),
+        concurrent_writes: w.concurrent_writes,
     };
     let result = writer.run(shutdown.token()).await;
     shutdown.cancel();

@@ -1,7 +1,7 @@
 //! The consume → decode → map → batch insert loop. A batch is written in one statement when
-//! no further record is waiting or it is full; while it is written the next one is read and
-//! decoded (one write at a time, in order). Offsets are stored only after every record of a
-//! batch and of the batches before it is written or dead-lettered. Failures follow the platform's model: transient ones (Postgres
+//! no further record is waiting or it is full; while full batches are written (a few at once,
+//! on their own connections) the next ones are read and decoded. Offsets are stored only after
+//! every record of a batch and of the batches before it is written or dead-lettered. Failures follow the platform's model: transient ones (Postgres
 //! or the registry unavailable) back off with offsets held; a batch refused for a permanent
 //! reason is split in halves until the refused record is alone, which goes to the dead letter
 //! while the rest are written; undecodable or unmappable records are dead-lettered at once.
@@ -9,6 +9,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use futures::stream::{FuturesOrdered, StreamExt};
 use rdkafka::consumer::StreamConsumer;
 use rdkafka::message::{BorrowedMessage, Message};
 use substrate_avro::{avro_to_json, Registry};
@@ -34,6 +35,8 @@ pub struct Writer {
     pub batch_max: Duration,
     /// How long the rows read before shutdown may take to be written.
     pub drain: Duration,
+    /// Full batches written at once (each on its own connection).
+    pub concurrent_writes: usize,
 }
 
 /// Shutdown interrupted a retry; what was not written is redelivered after a restart.
@@ -67,11 +70,12 @@ impl Writer {
             offsets: OffsetBatch::new(),
         };
         let mut batch = empty();
-        // One batch is written while the next is read and decoded: PostgreSQL inserts on one
-        // core while the writer decodes on the other. Batches are written one at a time, in
-        // order, so each stores offsets only above the previous one's.
-        let mut writing: Option<Writing<'_>> = None;
-        let mut spare: Option<Batch<'_>> = None;
+        // Full batches are written while the next ones are read and decoded, up to
+        // `concurrent_writes` at once on their own connections (PostgreSQL inserts one statement
+        // per backend and core). They finish in any order but are taken back in the order they
+        // were read, and only then store their offsets: never above a batch still being written.
+        let mut writing: FuturesOrdered<Writing<'_>> = FuturesOrdered::new();
+        let mut spare: Vec<Batch<'_>> = Vec::new();
         let mut deadline: Option<Instant> = None;
         // A batch whose write shutdown interrupted: nothing after it may store offsets.
         let mut interrupted = false;
@@ -82,27 +86,19 @@ impl Writer {
                     None => std::future::pending().await,
                 }
             };
-            let idle = writing.is_none();
-            let written = async {
-                match writing.as_mut() {
-                    Some(w) => w.await,
-                    None => std::future::pending().await,
-                }
-            };
+            let idle = writing.is_empty();
             tokio::select! {
                 biased;
                 _ = shutdown.cancelled() => break,
-                (done, result) = written => {
-                    writing = None;
-                    if result.is_err() {
+                Some((done, result)) = writing.next(), if !idle => {
+                    if !self.written(done, result, &mut spare) {
                         interrupted = true;
                         break;
                     }
-                    spare = Some(done);
                 }
                 // A batch waits for its first record's age only while none is being written.
                 _ = timer, if idle => {
-                    writing = Some(self.write(&mut batch, &mut spare, &empty, &shutdown));
+                    writing.push_back(self.write(&mut batch, &mut spare, &empty, &shutdown));
                     deadline = None;
                 }
                 message = self.consumer.recv() => {
@@ -132,23 +128,23 @@ impl Writer {
                         deadline = Some(Instant::now() + self.batch_max);
                     }
                     if batch.rows.len() >= self.batch_max_rows {
-                        // Full: wait for the batch being written, then write this one.
-                        if let Some(w) = writing.take() {
-                            let (done, result) = w.await;
-                            if result.is_err() {
-                                interrupted = true;
-                                break;
+                        // Full: when every write slot is busy, wait for the oldest first.
+                        if writing.len() >= self.concurrent_writes {
+                            if let Some((done, result)) = writing.next().await {
+                                if !self.written(done, result, &mut spare) {
+                                    interrupted = true;
+                                    break;
+                                }
                             }
-                            spare = Some(done);
                         }
-                        writing = Some(self.write(&mut batch, &mut spare, &empty, &shutdown));
+                        writing.push_back(self.write(&mut batch, &mut spare, &empty, &shutdown));
                         deadline = None;
                     }
                 }
                 // Nothing more is waiting and nothing is being written: write what was read now
                 // rather than at the deadline (under load batches fill up while one is written).
                 _ = std::future::ready(()), if idle && !batch.offsets.is_empty() => {
-                    writing = Some(self.write(&mut batch, &mut spare, &empty, &shutdown));
+                    writing.push_back(self.write(&mut batch, &mut spare, &empty, &shutdown));
                     deadline = None;
                 }
             }
@@ -162,14 +158,15 @@ impl Writer {
             tokio::time::sleep(grace).await;
             timer.cancel();
         });
-        let finished = match writing.take() {
-            Some(w) => tokio::select! {
-                (_, result) = w => result.is_ok(),
-                _ = drain.cancelled() => false,
-            },
-            None => true,
-        };
-        if finished && !interrupted {
+        while !interrupted && !writing.is_empty() {
+            tokio::select! {
+                Some((done, result)) = writing.next() => {
+                    interrupted = !self.written(done, result, &mut spare);
+                }
+                _ = drain.cancelled() => interrupted = true,
+            }
+        }
+        if !interrupted {
             let _ = self.flush(&mut batch, &drain).await;
         }
         guard.abort();
@@ -182,20 +179,37 @@ impl Writer {
         Ok(())
     }
 
-    /// Starts writing `batch` (swapped for the spare, or a new one, to keep reading into).
+    /// Starts writing `batch` (swapped for a spare, or a new one, to keep reading into); its
+    /// offsets are stored by [`Self::written`] when it is taken back in order.
     fn write<'a>(
         &'a self,
         batch: &mut Batch<'a>,
-        spare: &mut Option<Batch<'a>>,
+        spare: &mut Vec<Batch<'a>>,
         empty: &impl Fn() -> Batch<'a>,
         shutdown: &'a CancellationToken,
     ) -> Writing<'a> {
-        let next = spare.take().unwrap_or_else(empty);
-        let mut full = std::mem::replace(batch, next);
+        let next = spare.pop().unwrap_or_else(empty);
+        let full = std::mem::replace(batch, next);
         Box::pin(async move {
-            let result = self.flush(&mut full, shutdown).await;
+            let result = self.write_rows(&full, shutdown).await;
             (full, result)
         })
+    }
+
+    /// A batch taken back in read order: stores its offsets and keeps it for reuse; false when
+    /// shutdown interrupted its write (nothing after it may store offsets).
+    fn written<'a>(
+        &self,
+        mut done: Batch<'a>,
+        result: Result<(), Interrupted>,
+        spare: &mut Vec<Batch<'a>>,
+    ) -> bool {
+        if result.is_err() {
+            return false;
+        }
+        self.store_offsets(&mut done);
+        spare.push(done);
+        true
     }
 
     /// Decodes and maps one record. Registry outages are retried here (the record is fine); a
@@ -263,9 +277,22 @@ impl Writer {
 
     /// Writes the batch — splitting it around rows Postgres refuses, which are dead-lettered —
     /// then stores its offsets. Transient failures are retried with offsets held.
+    /// Writes the batch and stores its offsets.
     async fn flush(
         &self,
         batch: &mut Batch<'_>,
+        shutdown: &CancellationToken,
+    ) -> Result<(), Interrupted> {
+        self.write_rows(batch, shutdown).await?;
+        self.store_offsets(batch);
+        Ok(())
+    }
+
+    /// Inserts the batch's rows; a batch refused for a permanent reason is split until the
+    /// refused rows are alone, and those are dead-lettered.
+    async fn write_rows(
+        &self,
+        batch: &Batch<'_>,
         shutdown: &CancellationToken,
     ) -> Result<(), Interrupted> {
         if batch.offsets.is_empty() {
@@ -295,16 +322,17 @@ impl Writer {
             },
         )
         .await;
-        if written.is_err() {
-            return Err(Interrupted);
-        }
+        written.map_err(|_| Interrupted)
+    }
+
+    /// Stores the offsets of a written batch and empties it.
+    fn store_offsets(&self, batch: &mut Batch<'_>) {
         if let Err(e) = batch.offsets.store(&self.consumer) {
             // A revoked partition cannot take the offset; its next owner re-reads and the
             // unique event id keeps the rows single.
             tracing::warn!(error = %e, "storing offsets failed");
         }
         batch.clear();
-        Ok(())
     }
 
     async fn insert(&self, rows: &[NewNotification]) -> Result<u64, substrate_db::DbError> {
