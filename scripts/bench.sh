@@ -19,7 +19,10 @@ set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/event-substrate/target}"
 DURATION="${DURATION:-15s}"
-cargo build --release -q -p loadgen -p esctl -p dispatcher
+# The services' own package set plus loadgen: building a different set would unify dependency
+# features differently and rebuild (and relink the running services' binaries).
+cargo build --release -q -p gateway -p notification-writer -p rule-evaluator -p dispatcher \
+  -p media-saga -p esctl -p loadgen
 set -a
 # shellcheck disable=SC1091
 . .local/stack.env
@@ -27,7 +30,9 @@ set +a
 L="$CARGO_TARGET_DIR/release/loadgen"
 
 echo "== $(date -u +%Y-%m-%dT%H:%MZ) on $(nproc) cores, $(uname -r)"
-echo "== idle RSS"
+echo "== idle RSS (services restarted, measured 5 s after they are ready)"
+SKIP_BUILD=1 bash scripts/stack/services.sh start >/dev/null 2>&1
+sleep 5
 for name in gateway notification-writer rule-evaluator dispatcher media-saga; do
   pid=$(head -n1 ".local/run/$name.pid")
   echo "$name: $(( $(awk '/VmRSS/ {print $2}' "/proc/$pid/status") / 1024 )) MiB"
