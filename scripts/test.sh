@@ -30,7 +30,9 @@ cargo test --workspace --lib --bins --tests --no-fail-fast -- --test-threads="${
 # they stopped again. SKIP_FAULTS=1 leaves them out (e.g. while iterating on one test).
 if [[ "${SKIP_FAULTS:-0}" != 1 ]]; then
   echo "fault tests (tests/faults, one at a time)" >&2
-  cargo build -q -p notification-writer
-  cargo test -p substrate-testkit --test faults --no-fail-fast -- --test-threads=1 || status=$?
+  # --workspace keeps the dependency features of the run above (selecting one package would
+  # unify them differently and rebuild half the dependency tree).
+  cargo build -q --workspace --bins
+  cargo test --workspace --test faults --no-fail-fast -- --test-threads=1 || status=$?
 fi
 exit "$status"

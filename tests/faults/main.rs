@@ -1,7 +1,7 @@
 //! Faults of the shared components under load: PostgreSQL stopped for a minute, Kafka restarted.
 //! These stop parts of the running stack, so they are not part of the parallel suite:
 //! `scripts/test.sh` runs them afterwards, one at a time
-//! (`cargo test -p substrate-testkit --test faults -- --test-threads=1`), and each one restarts
+//! (`cargo test --workspace --test faults -- --test-threads=1`), and each one restarts
 //! what it stopped even when it fails.
 
 mod broker_restart;
