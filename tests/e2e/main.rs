@@ -2,6 +2,7 @@
 //! PostgreSQL, S3 and the running gateway, notification-writer, rule-evaluator and dispatcher. Some tests also start a gateway
 //! in-process with settings of their own (JWKS keys, routes files, an unreachable broker).
 
+mod bounds;
 mod compose;
 mod dispatch;
 mod failure_model;

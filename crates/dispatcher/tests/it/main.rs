@@ -671,6 +671,15 @@ impl Dispatcher {
         self.0.wait().unwrap()
     }
 
+    /// Sends a signal (`TERM`, `INT`) without waiting for the process.
+    fn signal(&self, name: &str) {
+        let sent = Command::new("kill")
+            .args([&format!("-{name}"), &self.0.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(sent.success());
+    }
+
     fn assert_running(&mut self, what: &str) {
         if let Some(status) = self.0.try_wait().unwrap() {
             panic!("the dispatcher exited ({status}) while {what}");
@@ -1069,6 +1078,65 @@ async fn ten_sigkills_mid_stream_lose_nothing_and_duplicates_keep_their_id() {
         eprintln!("  {line}");
     }
     assert!(elapsed < Duration::from_secs(240), "took {elapsed:?}");
+    let _ = std::fs::remove_file(config);
+    let _ = std::fs::remove_file(log);
+}
+
+/// The lifecycle's second signal: while the drain after a first SIGTERM waits for a delivery
+/// that hangs (grace 30 s), a second SIGTERM ends the process at once with exit code 130.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_sigterm_exits_at_once_while_the_drain_waits() {
+    let mut setup = Setup::new(&["500ms"]).await;
+    setup.timeout_ms = 60_000;
+    let receiver = Receiver::start(Answer::Hang).await;
+    let producer = setup.producer();
+    let config = std::env::temp_dir().join(format!("{}.yaml", setup.group));
+    let log = std::env::temp_dir().join(format!("{}.log", setup.group));
+    std::fs::write(
+        &config,
+        format!("{}lifecycle:\n  shutdown_grace_ms: 30000\n", setup.yaml()),
+    )
+    .unwrap();
+    let mut dispatcher = Dispatcher::spawn(&config, &log);
+    let request = Request::new(
+        json!({"type": "webhook", "url": receiver.url("/hang"), "secrets": [SECRET]}),
+        purchase("VIP", 1.0),
+    );
+    setup.send_request(&producer, &request).await;
+    eventually(
+        Duration::from_secs(30),
+        "the delivery in flight",
+        || async { (receiver.hit_count() > 0).then_some(()) },
+    )
+    .await
+    .unwrap();
+
+    // First SIGTERM: intake stops and the drain waits for the hanging delivery.
+    dispatcher.signal("TERM");
+    let first = Instant::now();
+    while first.elapsed() < Duration::from_secs(1) {
+        dispatcher.assert_running("the drain waits for the delivery in flight");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Second SIGTERM: no more waiting.
+    dispatcher.signal("TERM");
+    let second = Instant::now();
+    let status = loop {
+        if let Some(status) = dispatcher.0.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            second.elapsed() < Duration::from_secs(5),
+            "still running 5 s after the second signal"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    eprintln!(
+        "first SIGTERM held the drain {:?}; exited {:?} after the second with {status}",
+        second - first,
+        second.elapsed()
+    );
+    assert_eq!(status.code(), Some(130), "a second signal exits with 130");
     let _ = std::fs::remove_file(config);
     let _ = std::fs::remove_file(log);
 }
