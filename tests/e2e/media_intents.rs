@@ -237,7 +237,7 @@ async fn media_results_become_the_owners_notifications() {
             record.insert(field.to_string(), value);
         }
         let value = schema.to_avro(&Value::Object(record)).unwrap();
-        let bytes = stack.registry().encode(topic, value).await.unwrap();
+        let bytes = stack.encode(topic, value).await;
         let id = Uuid::new_v4();
         let id_text = id.to_string();
         let headers = OwnedHeaders::new().insert(Header {

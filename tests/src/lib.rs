@@ -122,6 +122,22 @@ impl Stack {
         self.registry.clone()
     }
 
+    /// Encodes `value` for `topic` (registering its schema when new), retrying what the
+    /// registry client calls retriable (a dropped connection under a loaded suite) for up to
+    /// 10 s: test setup, not the behaviour under test.
+    pub async fn encode(&self, topic: &str, value: substrate_avro::Value) -> Vec<u8> {
+        let started = Instant::now();
+        loop {
+            match self.registry.encode(topic, value.clone()).await {
+                Ok(bytes) => return bytes,
+                Err(e) if e.retriable && started.elapsed() < Duration::from_secs(10) => {
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+                Err(e) => panic!("encoding for {topic}: {e:?}"),
+            }
+        }
+    }
+
     pub async fn db(&self) -> tokio_postgres::Client {
         let (client, connection) =
             tokio_postgres::connect(&self.database_url, tokio_postgres::NoTls)
@@ -475,7 +491,7 @@ pub async fn encode_message(stack: &Stack, topic: &str, event: &Value) -> Vec<u8
         std::fs::read_to_string(repo_root().join("avro/public/user/message.events.avsc")).unwrap();
     let schema = substrate_avro::Schema::parse_str(&text).unwrap();
     let value = substrate_avro::json_to_avro(&schema, event).expect("valid test event");
-    stack.registry().encode(topic, value).await.expect("encode")
+    stack.encode(topic, value).await
 }
 
 /// Creates `topic` and registers the message schema under its subject.
