@@ -113,6 +113,12 @@ pub struct HttpConfig {
     pub max_queue_wait_ms: u64,
     /// Allow loopback, private and link-local targets (the local stack; never in production).
     pub allow_private_targets: bool,
+    /// Proxy for webhook, Slack and Discord deliveries (`http://host:port`). Unset: none, and
+    /// `HTTP_PROXY`/`HTTPS_PROXY`/`ALL_PROXY` are ignored (an environment variable must not
+    /// reroute signed deliveries). With a proxy, names are resolved by the proxy: it must enforce
+    /// the egress rules the resolver would (literal IP targets are still checked here).
+    #[serde(default)]
+    pub proxy: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]

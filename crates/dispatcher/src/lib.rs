@@ -88,6 +88,7 @@ pub async fn serve(
         Duration::from_millis(c.http.connect_timeout_ms),
         c.endpoint_limits(),
         c.http.allow_private_targets,
+        c.http.proxy.as_deref(),
     )?;
     let archiver = sinks::archive::Archiver::start(
         config.s3.as_ref().map(|s3| s3.client()),

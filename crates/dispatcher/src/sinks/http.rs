@@ -146,6 +146,7 @@ impl HttpSink {
         connect_timeout: Duration,
         limits: EndpointLimits,
         allow_private: bool,
+        proxy: Option<&str>,
     ) -> anyhow::Result<Self> {
         let mut builder = reqwest::Client::builder()
             .redirect(reqwest::redirect::Policy::none())
@@ -156,6 +157,10 @@ impl HttpSink {
                 "event-substrate-dispatcher/",
                 env!("CARGO_PKG_VERSION")
             ));
+        builder = match proxy {
+            Some(url) => builder.proxy(reqwest::Proxy::all(url)?),
+            None => builder.no_proxy(),
+        };
         if !allow_private {
             builder = builder.dns_resolver(ssrf::GuardedResolver::shared());
         }

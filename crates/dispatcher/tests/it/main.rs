@@ -645,6 +645,16 @@ impl Dispatcher {
             .append(true)
             .open(log)
             .unwrap();
+        // Proxy variables pointing nowhere: deliveries must ignore them (no `http.proxy` set).
+        for var in [
+            "HTTP_PROXY",
+            "HTTPS_PROXY",
+            "ALL_PROXY",
+            "http_proxy",
+            "https_proxy",
+        ] {
+            command.env(var, "http://127.0.0.1:9");
+        }
         Self(
             command
                 .env("SUBSTRATE_CONFIG", config)
@@ -1083,7 +1093,9 @@ async fn ten_sigkills_mid_stream_lose_nothing_and_duplicates_keep_their_id() {
 }
 
 /// The lifecycle's second signal: while the drain after a first SIGTERM waits for a delivery
-/// that hangs (grace 30 s), a second SIGTERM ends the process at once with exit code 130.
+/// that hangs (grace 30 s), a second SIGTERM ends the process at once with exit code 130. (The
+/// process runs with `HTTP_PROXY` & co. pointing at a closed port: the delivery reaching the
+/// receiver also shows that environment proxies are ignored.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_second_sigterm_exits_at_once_while_the_drain_waits() {
     let mut setup = Setup::new(&["500ms"]).await;
