@@ -3,7 +3,7 @@
 //! written, nothing is dead-lettered, and after recovery every message is exactly one row.
 
 use std::collections::HashMap;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -24,15 +24,7 @@ const PARTITIONS: i32 = 3;
 const RATE: u64 = 200;
 
 fn spawn_writer(config: &std::path::Path, log: &std::path::Path) -> Child {
-    let log = std::fs::File::create(log).unwrap();
-    Command::new(workspace_bin("notification-writer"))
-        .env_clear()
-        .env("SUBSTRATE_CONFIG", config)
-        .env("RUST_LOG", "info")
-        .stdout(Stdio::null())
-        .stderr(log)
-        .spawn()
-        .expect("start notification-writer")
+    substrate_testkit::spawn_configured(&workspace_bin("notification-writer"), config, log)
 }
 
 /// SIGTERM, then the exit status (the drain gives up on the unwritten batch after the grace).

@@ -43,6 +43,19 @@ pub fn workspace_bin(name: &str) -> PathBuf {
     path
 }
 
+/// Starts a service binary configured only by the file `config` (no inherited environment, so
+/// the stack's `SUBSTRATE_*` cannot override it), logging at `info` to `log`.
+pub fn spawn_configured(binary: &Path, config: &Path, log: &Path) -> std::process::Child {
+    std::process::Command::new(binary)
+        .env_clear()
+        .env("SUBSTRATE_CONFIG", config)
+        .env("RUST_LOG", "info")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(log).expect("log file"))
+        .spawn()
+        .unwrap_or_else(|e| panic!("start {}: {e}", binary.display()))
+}
+
 /// A Python with the `standardwebhooks` package (scripts/test.sh provides it).
 pub fn test_python() -> PathBuf {
     std::env::var_os("SUBSTRATE_TEST_PYTHON")

@@ -276,6 +276,12 @@ pub enum DeadlineKind {
 }
 
 impl DeadlineKind {
+    pub const ALL: [DeadlineKind; 2] = [Self::UploadTtl, Self::MoveTimeout];
+
+    pub fn parse(text: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|k| k.as_str() == text)
+    }
+
     pub const fn as_str(self) -> &'static str {
         match self {
             Self::UploadTtl => "upload_ttl",
@@ -295,11 +301,8 @@ impl<'a> FromSql<'a> for DeadlineKind {
         ty: &Type,
         raw: &'a [u8],
     ) -> Result<Self, Box<dyn std::error::Error + Sync + Send>> {
-        match <&str as FromSql>::from_sql(ty, raw)? {
-            "upload_ttl" => Ok(Self::UploadTtl),
-            "move_timeout" => Ok(Self::MoveTimeout),
-            other => Err(format!("unknown deadline kind `{other}`").into()),
-        }
+        let text = <&str as FromSql>::from_sql(ty, raw)?;
+        Self::parse(text).ok_or_else(|| format!("unknown deadline kind `{text}`").into())
     }
 
     fn accepts(ty: &Type) -> bool {
@@ -662,6 +665,9 @@ mod tests {
             assert_eq!(SagaState::parse(state.as_str()), Some(state));
         }
         assert_eq!(SagaState::parse("Signed"), None);
+        for kind in DeadlineKind::ALL {
+            assert_eq!(DeadlineKind::parse(kind.as_str()), Some(kind));
+        }
         let open: Vec<_> = SagaState::ALL
             .into_iter()
             .filter(|s| !s.is_terminal())

@@ -3,7 +3,7 @@
 //! progress) and restarted, it leaves exactly 20,000 rows (at-least-once delivery plus the
 //! unique event id).
 
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::time::Duration;
 
 use rdkafka::message::{Header, OwnedHeaders};
@@ -17,15 +17,11 @@ const EVENTS: i64 = 20_000;
 const KILLS: usize = 10;
 
 fn spawn_writer(config: &std::path::Path, log: &std::path::Path) -> Child {
-    let log = std::fs::File::create(log).unwrap();
-    Command::new(env!("CARGO_BIN_EXE_notification-writer"))
-        .env_clear()
-        .env("SUBSTRATE_CONFIG", config)
-        .env("RUST_LOG", "info")
-        .stdout(Stdio::null())
-        .stderr(log)
-        .spawn()
-        .expect("start notification-writer")
+    substrate_testkit::spawn_configured(
+        std::path::Path::new(env!("CARGO_BIN_EXE_notification-writer")),
+        config,
+        log,
+    )
 }
 
 #[tokio::test]
