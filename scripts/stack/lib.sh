@@ -25,6 +25,7 @@ KAFKA_CONTROLLER_PORT=9093
 REGISTRY_PORT=8081
 REGISTRY_MGMT_PORT=9081   # Quarkus management interface (health/metrics); default would be 9000
 GATEWAY_PORT=8080
+GATEWAY_OPS_PORT=8090   # the gateway's /readyz and /metrics, off the public listener
 NOTIFICATION_WRITER_PORT=8091
 RULE_EVALUATOR_PORT=8092
 DISPATCHER_PORT=8093
@@ -197,10 +198,10 @@ ensure_secrets() {
     umask 077
     [[ -s "$SECRETS_ENV" ]] || echo "# Generated once by scripts/stack; deleted by 'task purge'." > "$SECRETS_ENV"
   )
-  for key in JWT_SECRET LOGIN_WEBHOOK_SECRET MEDIA_WEBHOOK_SECRET S3_ACCESS_KEY_ID S3_SECRET_ACCESS_KEY; do
+  for key in JWT_SECRET LOGIN_WEBHOOK_SECRET MEDIA_WEBHOOK_SECRET S3_ACCESS_KEY_ID S3_SECRET_ACCESS_KEY API_KEY_PEPPER; do
     grep -q "^$key=" "$SECRETS_ENV" && continue
     case "$key" in
-      JWT_SECRET) value=$(random_string 48) ;;
+      JWT_SECRET|API_KEY_PEPPER) value=$(random_string 48) ;;
       S3_ACCESS_KEY_ID) value=$(random_string 20 | tr '[:lower:]' '[:upper:]') ;;
       S3_SECRET_ACCESS_KEY) value=$(random_string 40) ;;
       *) value=$(random_string 32) ;;

@@ -5,6 +5,11 @@
 # Auth: the cluster is initialised with --auth=trust (local dev only: it listens on 127.0.0.1 and a
 # unix socket inside .local/run). The postgres role still gets the real password 'postgres' so the
 # URLs in .local/stack.env also work against a cluster that enforces passwords.
+#
+# TLS: ssl=on with a server certificate (DNS:localhost, IP:127.0.0.1) signed by a CA made once per
+# data dir (kept in the data dir, readable by the cluster owner only); plain connections still work,
+# the client chooses (sslmode). The CA certificate is copied to .local/data/postgres-ca.crt, which
+# stack.env names as DATABASE_CA_FILE.
 # shellcheck source=scripts/stack/lib.sh source-path=SCRIPTDIR
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
@@ -14,6 +19,7 @@ PG_OS_USER="${PG_OS_USER:-substrate}"   # postgres refuses to run as root
 PG_SUPERUSER=postgres
 PG_PASSWORD=postgres
 PG_LINK="$DATA_DIR/postgres"
+PG_CA_COPY="$DATA_DIR/postgres-ca.crt"   # public: the CA certificate clients verify the server with
 
 as_root() { [[ $EUID -eq 0 ]]; }
 
@@ -27,14 +33,15 @@ as_pg() {
 }
 
 install() {
-  if [[ ! -x "$PG_BIN/initdb" ]]; then
-    say "installing postgresql-15 (apt)"
+  if [[ ! -x "$PG_BIN/initdb" ]] || ! command -v openssl >/dev/null; then
+    say "installing postgresql-15 and openssl (apt)"
     local sudo=()
     as_root || sudo=(sudo)
     "${sudo[@]}" apt-get update -q
-    "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -q postgresql-15
+    "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -q postgresql-15 openssl
   fi
   [[ -x "$PG_BIN/initdb" ]] || die "postgres: $PG_BIN/initdb still missing after install"
+  command -v openssl >/dev/null || die "postgres: openssl (for the TLS certificate) still missing after install"
   if as_root && ! id -u "$PG_OS_USER" >/dev/null 2>&1; then
     say "creating system user $PG_OS_USER (owns the postgres data dir)"
     useradd --system --user-group --no-create-home --home-dir /nonexistent \
@@ -108,10 +115,55 @@ logging_collector = off
 log_line_prefix = '%m [%p] %q%u@%d '
 log_timezone = 'UTC'
 timezone = 'UTC'
+ssl = on
+ssl_cert_file = 'server.crt'
+ssl_key_file = 'server.key'
 EOF
   as_root && chown "$PG_OS_USER:" "$conf"
   grep -q "^include_if_exists = 'substrate.conf'" "$PGDATA/postgresql.conf" \
     || printf "\ninclude_if_exists = 'substrate.conf'\n" >> "$PGDATA/postgresql.conf"
+}
+
+# The server's TLS certificate and its CA, in the data dir (mode 600, owned by the cluster owner).
+# Made once: kept while all three files exist, the certificate verifies against the CA and stays
+# valid for 30 more days; otherwise a new CA and certificate are made. Always refreshes the public
+# copy of the CA certificate.
+ensure_tls() {
+  local crt="$PGDATA/server.crt" key="$PGDATA/server.key" ca="$PGDATA/substrate-ca.crt"
+  if ! { as_pg test -s "$crt" -a -s "$key" -a -s "$ca" \
+      && as_pg openssl x509 -in "$crt" -noout -checkend 2592000 >/dev/null 2>&1 \
+      && as_pg openssl verify -CAfile "$ca" "$crt" >/dev/null 2>&1; }; then
+    say "generating the TLS CA and server certificate of $NAME (localhost, 127.0.0.1)"
+    local tmp log
+    tmp=$(mktemp -d)
+    log=$(logfile "$NAME")
+    if ! (
+      umask 077
+      cd "$tmp"
+      openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 3650 \
+        -keyout ca.key -out ca.crt -subj "/CN=Event Substrate local PostgreSQL CA" \
+        -addext basicConstraints=critical,CA:TRUE -addext keyUsage=critical,keyCertSign,cRLSign
+      openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes \
+        -keyout server.key -out server.csr -subj "/CN=localhost"
+      printf '%s\n' 'subjectAltName=DNS:localhost,IP:127.0.0.1' 'basicConstraints=critical,CA:FALSE' \
+        'keyUsage=critical,digitalSignature' 'extendedKeyUsage=serverAuth' > server.ext
+      openssl x509 -req -in server.csr -CA ca.crt -CAkey ca.key -CAcreateserial -days 3650 \
+        -extfile server.ext -out server.crt
+    ) >> "$log" 2>&1; then
+      rm -rf "$tmp"
+      die "postgres: making the TLS certificate failed; see $(rel "$log")"
+    fi
+    local owner=()
+    as_root && owner=(-o "$PG_OS_USER" -g "$PG_OS_USER")
+    command install -m 600 "${owner[@]}" "$tmp/server.crt" "$crt"
+    command install -m 600 "${owner[@]}" "$tmp/server.key" "$key"
+    command install -m 600 "${owner[@]}" "$tmp/ca.crt" "$ca"
+    command install -m 600 "${owner[@]}" "$tmp/ca.key" "$PGDATA/substrate-ca.key"
+    rm -rf "$tmp"
+  fi
+  as_pg cat "$ca" > "$PG_CA_COPY.tmp"
+  chmod 644 "$PG_CA_COPY.tmp"
+  mv "$PG_CA_COPY.tmp" "$PG_CA_COPY"
 }
 
 bootstrap_sql() {
@@ -135,6 +187,7 @@ start() {
       as_pg "$PG_BIN/initdb" -D "$PGDATA" -U "$PG_SUPERUSER" --auth=trust -E UTF8 --locale=C.UTF-8 \
         >> "$(logfile "$NAME")" 2>&1 || { tail -n 30 "$(logfile "$NAME")" >&2; die "postgres: initdb failed; see $(rel "$(logfile "$NAME")")"; }
     fi
+    ensure_tls
     write_conf
     local cmd=("$PG_BIN/postgres" -D "$PGDATA")
     if as_root; then
@@ -173,5 +226,6 @@ case "${1:-}" in
   status) status ;;
   psql) shift; psql_cmd "$@" ;;
   datadir) compute_paths; printf '%s\n' "$PGDATA" ;;
-  *) echo "usage: $0 {install|start|stop|status|psql [args]|datadir}" >&2; exit 2 ;;
+  ca-file) printf '%s\n' "$PG_CA_COPY" ;;
+  *) echo "usage: $0 {install|start|stop|status|psql [args]|datadir|ca-file}" >&2; exit 2 ;;
 esac

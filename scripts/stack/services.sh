@@ -34,7 +34,7 @@ port_of() {
 
 ready_url() {
   case "$1" in
-    gateway) echo "${GATEWAY_URL:-http://127.0.0.1:$GATEWAY_PORT}/readyz" ;;
+    gateway) echo "${GATEWAY_OPS_URL:-http://127.0.0.1:$GATEWAY_OPS_PORT}/readyz" ;;
     notification-writer) echo "http://127.0.0.1:$NOTIFICATION_WRITER_PORT/readyz" ;;
     rule-evaluator) echo "http://127.0.0.1:$RULE_EVALUATOR_PORT/readyz" ;;
     dispatcher) echo "http://127.0.0.1:$DISPATCHER_PORT/readyz" ;;
@@ -73,6 +73,8 @@ start() {
   done
   say "esctl migrate"
   (cd "$ROOT" && "$BIN_DIR/esctl" migrate) || die "esctl migrate failed"
+  # the login webhook trigger's secret, readable only by the database owner (docs/security.md)
+  "$BIN_DIR/esctl" secrets set-login-webhook-secret >/dev/null || die "esctl secrets set-login-webhook-secret failed"
   say "esctl provision"
   (cd "$ROOT" && "$BIN_DIR/esctl" provision) || die "esctl provision failed"
   for name in "${SERVICES[@]}"; do

@@ -15,10 +15,21 @@ install() {
   bash "$S/s3.sh" install
 }
 
+# The key that seals rule action secrets (AES-256-GCM, 32 random bytes), made once per machine
+# and kept in .local/data/secrets.env as SECRETS_KEYS (`id:base64`, comma-separated; the first
+# seals). To rotate: put a new `esctl secrets generate-key --id …` entry first, restart, then
+# `esctl secrets rotate`.
+ensure_secrets_key() {
+  grep -q "^SECRETS_KEYS=" "$SECRETS_ENV" && return 0
+  ( umask 077; printf 'SECRETS_KEYS=local1:%s\n' "$(head -c 32 /dev/urandom | base64 | tr -d '\n')" >> "$SECRETS_ENV" )
+}
+
 write_env() {
   ensure_dirs
   ensure_secrets
-  local JWT_SECRET LOGIN_WEBHOOK_SECRET MEDIA_WEBHOOK_SECRET S3_ACCESS_KEY_ID S3_SECRET_ACCESS_KEY
+  ensure_secrets_key
+  local JWT_SECRET LOGIN_WEBHOOK_SECRET MEDIA_WEBHOOK_SECRET S3_ACCESS_KEY_ID S3_SECRET_ACCESS_KEY API_KEY_PEPPER
+  API_KEY_PEPPER=$(secret API_KEY_PEPPER)
   JWT_SECRET=$(secret JWT_SECRET)
   LOGIN_WEBHOOK_SECRET=$(secret LOGIN_WEBHOOK_SECRET)
   MEDIA_WEBHOOK_SECRET=$(secret MEDIA_WEBHOOK_SECRET)
@@ -27,14 +38,19 @@ write_env() {
   local kafka="127.0.0.1:$KAFKA_PORT"
   local sr="http://127.0.0.1:$REGISTRY_PORT/apis/ccompat/v7"
   local db="postgres://postgres:postgres@127.0.0.1:$PG_PORT/postgres"
+  local db_ca
+  db_ca=$(bash "$S/postgres.sh" ca-file)   # the CA of the server's TLS certificate
   local routes="${SUBSTRATE_ROUTES_FILE:-$ROOT/routes.yaml}"
   local s3="http://127.0.0.1:$S3_PORT"
   cat > "$STACK_ENV.tmp" <<EOF
 # Written by scripts/stack/stack.sh on every start; do not edit (edits are overwritten).
 GATEWAY_URL=http://127.0.0.1:$GATEWAY_PORT
+GATEWAY_OPS_URL=http://127.0.0.1:$GATEWAY_OPS_PORT
+API_KEY_PEPPER=$API_KEY_PEPPER
 KAFKA_BOOTSTRAP_SERVERS=$kafka
 SCHEMA_REGISTRY_URL=$sr
 DATABASE_URL=$db
+DATABASE_CA_FILE=$db_ca
 JWT_SECRET=$JWT_SECRET
 LOGIN_WEBHOOK_SECRET=$LOGIN_WEBHOOK_SECRET
 MEDIA_SAGA_URL=http://127.0.0.1:$MEDIA_SAGA_PORT
@@ -50,7 +66,10 @@ SUBSTRATE_SCHEMA_REGISTRY__URL=$sr
 SUBSTRATE_DATABASE__URL=$db
 SUBSTRATE_AUTH__JWT_SECRET=$JWT_SECRET
 SUBSTRATE_WEBHOOKS__LOGIN_SECRET=$LOGIN_WEBHOOK_SECRET
+SUBSTRATE_SECRETS__KEYS=$(secret SECRETS_KEYS)
 SUBSTRATE_GATEWAY__LISTEN=127.0.0.1:$GATEWAY_PORT
+SUBSTRATE_GATEWAY__OPS_LISTEN=127.0.0.1:$GATEWAY_OPS_PORT
+SUBSTRATE_API_KEYS__PEPPER=$API_KEY_PEPPER
 SUBSTRATE_GATEWAY__ROUTES_FILE=$routes
 SUBSTRATE_GATEWAY__AVRO_DIR=$ROOT/avro
 SUBSTRATE_AUTH__AUDIENCE=authenticated

@@ -158,6 +158,7 @@ fn compose_file_matches_the_repository() {
             "kafka",
             "schema_registry",
             "auth",
+            "api_keys",
             "webhooks",
             "media",
             "database",
@@ -220,6 +221,7 @@ fn compose_file_matches_the_repository() {
             "schema_registry",
             "database",
             "s3",
+            "secrets",
             "telemetry",
         ],
         "dispatcher",
@@ -229,6 +231,11 @@ fn compose_file_matches_the_repository() {
             .unwrap_or_else(|e| panic!("dispatcher env in compose: {e}"));
     assert_port(&services["dispatcher"], &config.dispatcher.listen);
     assert!(config.s3.is_some(), "the dispatcher gets the object store");
+    assert_eq!(
+        environment(&services["provision"]).get("SUBSTRATE_SECRETS__KEYS"),
+        dispatcher_env.get("SUBSTRATE_SECRETS__KEYS"),
+        "esctl seals rule secrets with the key the dispatcher opens them with"
+    );
 
     let saga_env = environment(&services["media-saga"]);
     let overlay = config_overlay(
@@ -255,7 +262,10 @@ fn compose_file_matches_the_repository() {
     );
 
     // esctl reads its connection settings from the same variables (clap `env`).
-    let esctl = std::fs::read_to_string(repo_root().join("crates/esctl/src/main.rs")).unwrap();
+    let esctl: String = std::fs::read_dir(repo_root().join("crates/esctl/src"))
+        .unwrap()
+        .map(|e| std::fs::read_to_string(e.unwrap().path()).unwrap())
+        .collect();
     for key in environment(&services["provision"])
         .keys()
         .filter(|k| k.starts_with("SUBSTRATE_"))

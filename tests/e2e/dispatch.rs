@@ -50,22 +50,23 @@ async fn vip_purchase_alerts_slack_and_others_are_archived_to_s3() {
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move { axum::serve(listener, app).await });
 
-    let db = stack.db().await;
+    let mut db = stack.db().await;
     let prefix = unique("e2e-archive");
     let vip_name = unique("e2e-vip-slack");
     let other_name = unique("e2e-archive-others");
     let condition = "purchase.amount > 500 AND user.segment == 'VIP'";
-    let vip_rule = upsert(
-        &db,
-        &rule(
+    // The Slack URL is sealed apart, as `esctl rules save` does.
+    let vip_rule = crate::secrets::save_sealed(
+        &stack,
+        &mut db,
+        rule(
             &vip_name,
             condition,
             json!([{"type": "slack", "webhook_url": format!("http://{addr}/services/T0/B0/x"),
                     "template": ":rotating_light: VIP {{user.email}} spent {{purchase.amount}} {{purchase.currency}}"}]),
         ),
     )
-    .await
-    .unwrap();
+    .await;
     upsert(
         &db,
         &rule(
@@ -87,7 +88,11 @@ async fn vip_purchase_alerts_slack_and_others_are_archived_to_s3() {
     }
 
     let user = Uuid::new_v4();
-    let token = stack.token(user, "vip@example.com");
+    // The purchase route takes the shop's API key (Bearer esk_...), not a user's token.
+    let token = stack.api_key(&unique("shop"), &["purchase"]).await;
+    stack
+        .wait_for_key(&stack.gateway_url, "purchase", &token)
+        .await;
     let url = format!("{}/api/v1/events/purchase", stack.gateway_url);
     let post = |segment: &str, amount: f64| {
         let body = json!({

@@ -342,7 +342,7 @@ async fn inserts_signal_listeners_with_notify() {
 
     let stack = Stack::load();
     let (client, mut connection) =
-        tokio_postgres::connect(&stack.database_url, tokio_postgres::NoTls)
+        substrate_db::connect(&substrate_db::DbConfig::from_url(&stack.database_url))
             .await
             .unwrap();
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();

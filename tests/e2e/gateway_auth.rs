@@ -388,7 +388,7 @@ async fn unreachable_broker_answers_503_never_202() {
     let url = format!("{}/api/v1/events/message", gw.url);
 
     let ready = http()
-        .get(format!("{}/readyz", gw.url))
+        .get(format!("{}/readyz", gw.ops_url))
         .send()
         .await
         .unwrap();
@@ -442,7 +442,7 @@ async fn health_ready_and_metrics() {
         200
     );
     let ready = http()
-        .get(format!("{}/readyz", gw.url))
+        .get(format!("{}/readyz", gw.ops_url))
         .send()
         .await
         .unwrap();
@@ -461,7 +461,7 @@ async fn health_ready_and_metrics() {
     );
     assert_eq!(post_json(&url, None, &json!({})).await.0, 401);
     let metrics = http()
-        .get(format!("{}/metrics", gw.url))
+        .get(format!("{}/metrics", gw.ops_url))
         .send()
         .await
         .unwrap()
@@ -474,5 +474,15 @@ async fn health_ready_and_metrics() {
     );
     assert!(metrics.contains("gateway_rejected_total{reason=\"unauthorized\"}"));
     assert!(metrics.contains("substrate_kafka_produce_seconds"));
+    // The public listener serves the API and liveness, never readiness details or metrics.
+    for path in ["/readyz", "/metrics"] {
+        let status = http()
+            .get(format!("{}{path}", gw.url))
+            .send()
+            .await
+            .unwrap()
+            .status();
+        assert_eq!(status, 404, "{path} on the public listener");
+    }
     gw.stop().await;
 }

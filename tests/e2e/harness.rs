@@ -10,6 +10,8 @@ use tokio::net::TcpListener;
 /// A gateway running inside the test process.
 pub struct TestGateway {
     pub url: String,
+    /// The operational listener (`/readyz`, `/metrics`).
+    pub ops_url: String,
     pub shutdown: Shutdown,
     pub handle: tokio::task::JoinHandle<anyhow::Result<()>>,
 }
@@ -36,8 +38,15 @@ impl TestGateway {
                 .expect("test gateway config");
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr: SocketAddr = listener.local_addr().unwrap();
+        let ops_listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let ops_addr: SocketAddr = ops_listener.local_addr().unwrap();
         let shutdown = Shutdown::default();
-        let handle = tokio::spawn(gateway::serve(config, listener, shutdown.clone()));
+        let handle = tokio::spawn(gateway::serve(
+            config,
+            listener,
+            ops_listener,
+            shutdown.clone(),
+        ));
         // A gateway that could not start says why here rather than as a refused connection.
         tokio::task::yield_now().await;
         if handle.is_finished() {
@@ -45,6 +54,7 @@ impl TestGateway {
         }
         Self {
             url: format!("http://{addr}"),
+            ops_url: format!("http://{ops_addr}"),
             shutdown,
             handle,
         }

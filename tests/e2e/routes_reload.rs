@@ -14,7 +14,7 @@ use crate::harness::{post_json, TestGateway};
 
 fn route(name: &str) -> String {
     format!(
-        "  {name}:\n    topic: public.user.message.events\n    event_type: user.message\n    auth: jwt\n    key_field: sender_id\n    enrich:\n      sender_id: sub\n"
+        "  {name}:\n    topic: public.user.message.events\n    event_type: user.message\n    auth: jwt\n    key_field: sender_id\n    enrich:\n      sender_id: sub\n      sender_email: email\n"
     )
 }
 
@@ -52,7 +52,7 @@ const NO_POLLING: &str = "gateway:\n  routes_poll_secs: 0\n";
 /// `gateway_routes_reloads_total{result, file}` as the gateway's /metrics shows it.
 async fn reloads(gw: &TestGateway, file: &Path, result: &str) -> u64 {
     let text = crate::harness::http()
-        .get(format!("{}/metrics", gw.url))
+        .get(format!("{}/metrics", gw.ops_url))
         .send()
         .await
         .unwrap()

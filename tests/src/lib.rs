@@ -69,6 +69,10 @@ pub fn test_python() -> PathBuf {
 #[derive(Clone)]
 pub struct Stack {
     pub gateway_url: String,
+    /// The stack gateway's operational listener (`/readyz`, `/metrics`).
+    pub gateway_ops_url: String,
+    /// The gateway's `api_keys.pepper` (for minting API keys).
+    pub api_key_pepper: String,
     pub bootstrap_servers: String,
     pub registry_url: String,
     pub database_url: String,
@@ -78,6 +82,9 @@ pub struct Stack {
     /// The object store (`S3_*` of stack.env).
     pub s3: substrate_s3::S3Config,
     pub s3_archive_bucket: String,
+    /// The keys that seal rule action secrets (`SUBSTRATE_SECRETS__KEYS`, the running
+    /// dispatcher's `secrets.keys`).
+    pub secrets_keys: String,
     /// The running rule-evaluator's `/metrics`.
     pub rule_evaluator_metrics: String,
     registry: Registry,
@@ -105,6 +112,8 @@ impl Stack {
         Self {
             registry,
             gateway_url: get("GATEWAY_URL"),
+            gateway_ops_url: get("GATEWAY_OPS_URL"),
+            api_key_pepper: get("API_KEY_PEPPER"),
             bootstrap_servers: get("KAFKA_BOOTSTRAP_SERVERS"),
             registry_url,
             database_url: get("DATABASE_URL"),
@@ -118,11 +127,31 @@ impl Stack {
                 get("S3_SECRET_ACCESS_KEY"),
             ),
             s3_archive_bucket: get("S3_ARCHIVE_BUCKET"),
+            secrets_keys: get("SUBSTRATE_SECRETS__KEYS"),
             rule_evaluator_metrics: format!(
                 "http://{}/metrics",
                 optional("SUBSTRATE_RULE_EVALUATOR__LISTEN")
                     .unwrap_or_else(|| "127.0.0.1:8092".into())
             ),
+        }
+    }
+
+    /// The keyring of the running dispatcher (what `esctl` seals rule secrets with).
+    pub fn keyring(&self) -> substrate_secrets::Keyring {
+        self.secrets_config()
+            .keyring("secrets")
+            .expect("SUBSTRATE_SECRETS__KEYS of the stack")
+    }
+
+    /// `secrets.keys` of the stack, for a service configuration.
+    pub fn secrets_config(&self) -> substrate_secrets::SecretsConfig {
+        substrate_secrets::SecretsConfig {
+            keys: self
+                .secrets_keys
+                .split(',')
+                .map(|k| k.trim().to_string())
+                .collect(),
+            active_key_id: None,
         }
     }
 
@@ -152,12 +181,53 @@ impl Stack {
     }
 
     pub async fn db(&self) -> tokio_postgres::Client {
-        let (client, connection) =
-            tokio_postgres::connect(&self.database_url, tokio_postgres::NoTls)
-                .await
-                .expect("connect to the stack's PostgreSQL");
-        tokio::spawn(connection);
-        client
+        substrate_db::connect_one(&substrate_db::DbConfig::from_url(&self.database_url))
+            .await
+            .expect("connect to the stack's PostgreSQL")
+    }
+
+    /// Mints an API key of `source` for `routes`, as `esctl keys create` does; the stack's
+    /// gateway accepts it within its refresh interval (see [`Stack::wait_for_key`]).
+    pub async fn api_key(&self, source: &str, routes: &[&str]) -> String {
+        let routes: Vec<String> = routes.iter().map(|r| r.to_string()).collect();
+        substrate_db::api_keys::create(
+            &self.db().await,
+            self.api_key_pepper.as_bytes(),
+            source,
+            &routes,
+            Some("test"),
+        )
+        .await
+        .expect("create an API key")
+        .key
+    }
+
+    /// Waits until a gateway at `gateway_url` accepts `key` on `route` (it re-reads keys every
+    /// `api_keys.refresh_secs`): posts `{}` (which no schema with required fields accepts, so
+    /// nothing is produced) until the answer is no longer 401 or 503.
+    pub async fn wait_for_key(&self, gateway_url: &str, route: &str, key: &str) {
+        let client = reqwest::Client::new();
+        let url = format!("{gateway_url}/api/v1/events/{route}");
+        eventually(
+            Duration::from_secs(15),
+            "the gateway accepts the new API key",
+            || {
+                let (client, url) = (client.clone(), url.clone());
+                async move {
+                    let status = client
+                        .post(&url)
+                        .header("x-api-key", key)
+                        .json(&json!({}))
+                        .send()
+                        .await
+                        .map(|r| r.status().as_u16())
+                        .unwrap_or(0);
+                    (status != 401 && status != 503 && status != 0).then_some(())
+                }
+            },
+        )
+        .await
+        .expect("API key accepted");
     }
 
     /// An HS256 token for `user` as the local gateway accepts it (Supabase claims).
@@ -366,7 +436,7 @@ pub fn init_test_logs() {
 }
 
 impl Stack {
-    /// The `kafka`, `schema_registry`, `database` and `s3` sections of a service configuration
+    /// The `kafka`, `schema_registry`, `database`, `s3` and `secrets` sections of a service configuration
     /// pointing at this stack (a 6 s consumer session, so a killed member is replaced quickly);
     /// the S3 client goes to `s3_endpoint` (the stack's, or a proxy in front of it).
     pub fn connections_yaml(&self, s3_endpoint: &str) -> String {
@@ -375,7 +445,8 @@ impl Stack {
             "kafka:\n  bootstrap_servers: {kafka}\n  extra:\n    session.timeout.ms: \"6000\"\n\
              schema_registry:\n  url: {registry}\n\
              database:\n  url: {db}\n\
-             s3:\n  endpoint: {s3e}\n  region: {s3r}\n  access_key_id: {s3a}\n  secret_access_key: {s3s}\n",
+             s3:\n  endpoint: {s3e}\n  region: {s3r}\n  access_key_id: {s3a}\n  secret_access_key: {s3s}\n\
+             secrets:\n  keys: \"{keys}\"\n",
             kafka = self.bootstrap_servers,
             registry = self.registry_url,
             db = self.database_url,
@@ -383,6 +454,7 @@ impl Stack {
             s3r = s3.region,
             s3a = s3.access_key_id,
             s3s = s3.secret_access_key,
+            keys = self.secrets_keys,
         )
     }
 }

@@ -21,6 +21,9 @@ pub enum CatalogError {
     NotARecord { path: PathBuf },
 }
 
+/// The field attribute marking a field as the poster's identity.
+pub const IDENTITY_ATTRIBUTE: &str = "identity";
+
 /// One topic's value schema.
 #[derive(Debug, Clone)]
 pub struct TopicSchema {
@@ -69,6 +72,24 @@ impl TopicSchema {
     pub fn field_names(&self) -> Vec<&str> {
         match self.schema.as_ref() {
             Schema::Record(record) => record.fields.iter().map(|f| f.name.as_str()).collect(),
+            _ => Vec::new(),
+        }
+    }
+
+    /// Top-level fields the schema declares as the poster's identity (`"identity": true`, or the
+    /// JWT claim that fills it, e.g. `"identity": "sub"`): a client must never choose them.
+    pub fn identity_fields(&self) -> Vec<&str> {
+        match self.schema.as_ref() {
+            Schema::Record(record) => record
+                .fields
+                .iter()
+                .filter(|f| {
+                    f.custom_attributes
+                        .get(IDENTITY_ATTRIBUTE)
+                        .is_some_and(|v| v.as_bool() == Some(true) || v.is_string())
+                })
+                .map(|f| f.name.as_str())
+                .collect(),
             _ => Vec::new(),
         }
     }

@@ -1,5 +1,6 @@
 //! The dispatcher's tables: `dispatch_attempts` (audit, batched inserts) and
-//! `dispatch_endpoints` (endpoints disabled after a 410).
+//! `dispatch_endpoints` (endpoints disabled after a 410). Neither holds a URL in clear: targets
+//! and endpoints are redacted by the caller, endpoints keyed by the URL's SHA-256.
 
 use chrono::{DateTime, Utc};
 use tokio_postgres::GenericClient;
@@ -83,53 +84,60 @@ pub async fn insert_attempts<C: GenericClient>(
     Ok(inserted)
 }
 
-/// An endpoint's state.
+/// An endpoint's state. Endpoints are known by the SHA-256 of their URL and shown redacted
+/// (`substrate_secrets::redact_url`): the URL itself may be a secret.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Endpoint {
-    pub url: String,
+    pub url_hash: String,
+    pub endpoint: String,
     pub disabled: bool,
     pub reason: Option<String>,
     pub disabled_at: Option<DateTime<Utc>>,
 }
 
-/// Marks `url` disabled (idempotent).
+/// Marks the endpoint whose URL hashes to `url_hash` disabled (idempotent); `endpoint` is its
+/// redacted form.
 pub async fn disable_endpoint<C: GenericClient>(
     client: &C,
-    url: &str,
+    url_hash: &str,
+    endpoint: &str,
     reason: &str,
 ) -> Result<(), DbError> {
     client
         .execute(
-            "INSERT INTO public.dispatch_endpoints (url, disabled, reason, disabled_at)
-             VALUES ($1, true, $2, now())
-             ON CONFLICT (url) DO UPDATE
-               SET disabled = true, reason = EXCLUDED.reason,
+            "INSERT INTO public.dispatch_endpoints (url_hash, endpoint, disabled, reason, disabled_at)
+             VALUES ($1, $2, true, $3, now())
+             ON CONFLICT (url_hash) DO UPDATE
+               SET disabled = true, reason = EXCLUDED.reason, endpoint = EXCLUDED.endpoint,
                    disabled_at = COALESCE(CASE WHEN dispatch_endpoints.disabled
                                                THEN dispatch_endpoints.disabled_at END, now()),
                    updated_at = now()",
-            &[&url, &reason],
+            &[&url_hash, &endpoint, &reason],
         )
         .await?;
     Ok(())
 }
 
-/// Re-enables `url`; false when it was not disabled.
-pub async fn enable_endpoint<C: GenericClient>(client: &C, url: &str) -> Result<bool, DbError> {
+/// Re-enables the endpoint whose URL hashes to `url_hash`; false when it was not disabled.
+pub async fn enable_endpoint<C: GenericClient>(
+    client: &C,
+    url_hash: &str,
+) -> Result<bool, DbError> {
     let n = client
         .execute(
             "UPDATE public.dispatch_endpoints SET disabled = false, updated_at = now()
-             WHERE url = $1 AND disabled",
-            &[&url],
+             WHERE url_hash = $1 AND disabled",
+            &[&url_hash],
         )
         .await?;
     Ok(n > 0)
 }
 
-/// The URLs currently disabled.
+/// The URL hashes of the endpoints currently disabled.
 pub async fn disabled_endpoints<C: GenericClient>(client: &C) -> Result<Vec<String>, DbError> {
     let rows = client
         .query(
-            "SELECT url FROM public.dispatch_endpoints WHERE disabled ORDER BY url",
+            "SELECT url_hash FROM public.dispatch_endpoints WHERE disabled ORDER BY url_hash",
             &[],
         )
         .await?;
@@ -140,17 +148,19 @@ pub async fn disabled_endpoints<C: GenericClient>(client: &C) -> Result<Vec<Stri
 pub async fn list_endpoints<C: GenericClient>(client: &C) -> Result<Vec<Endpoint>, DbError> {
     let rows = client
         .query(
-            "SELECT url, disabled, reason, disabled_at FROM public.dispatch_endpoints ORDER BY url",
+            "SELECT url_hash, endpoint, disabled, reason, disabled_at
+             FROM public.dispatch_endpoints ORDER BY endpoint, url_hash",
             &[],
         )
         .await?;
     Ok(rows
         .iter()
         .map(|r| Endpoint {
-            url: r.get(0),
-            disabled: r.get(1),
-            reason: r.get(2),
-            disabled_at: r.get(3),
+            url_hash: r.get(0),
+            endpoint: r.get(1),
+            disabled: r.get(2),
+            reason: r.get(3),
+            disabled_at: r.get(4),
         })
         .collect())
 }

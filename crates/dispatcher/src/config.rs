@@ -12,6 +12,7 @@ use substrate_runtime::config::{require_listen, require_positive, ConfigError, V
 use substrate_runtime::telemetry::TelemetryConfig;
 use substrate_runtime::LifecycleConfig;
 use substrate_s3::S3Config;
+use substrate_secrets::SecretsConfig;
 
 pub const DEFAULTS: &str = r#"
 dispatcher:
@@ -23,6 +24,9 @@ dispatcher:
   avro_dir: avro
   max_in_flight: 4096
   endpoint_refresh_secs: 5
+  secret_cache:
+    ttl_secs: 300
+    max_entries: 10000
   retry:
     topic_prefix: internal.dispatch.retry
     delays: [5s, 30s, 2m, 10m, 1h]
@@ -57,6 +61,9 @@ pub struct Config {
     /// The object store of `s3` actions; without it they fail permanently.
     #[serde(default)]
     pub s3: Option<S3Config>,
+    /// Keys that open the sealed secrets of HTTP actions (required).
+    #[serde(default)]
+    pub secrets: SecretsConfig,
     #[serde(default)]
     pub telemetry: TelemetryConfig,
     #[serde(default)]
@@ -82,9 +89,20 @@ pub struct DispatcherConfig {
     pub max_in_flight: usize,
     /// How often the set of disabled endpoints is re-read (re-enabling takes effect).
     pub endpoint_refresh_secs: u64,
+    pub secret_cache: SecretCacheConfig,
     pub retry: RetryConfig,
     pub http: HttpConfig,
     pub archive: ArchiveConfig,
+}
+
+/// Opened secrets of HTTP actions kept in memory, so a burst for one rule reads Postgres once.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SecretCacheConfig {
+    /// How long an opened secret is used before it is read again (a pruned secret stops
+    /// working within this long).
+    pub ttl_secs: u64,
+    pub max_entries: usize,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -149,6 +167,13 @@ impl DispatcherConfig {
     pub fn timeout(&self) -> Duration {
         Duration::from_millis(self.http.timeout_ms)
     }
+
+    pub fn secret_cache(&self) -> crate::secrets::CacheLimits {
+        crate::secrets::CacheLimits {
+            ttl: Duration::from_secs(self.secret_cache.ttl_secs),
+            max_entries: self.secret_cache.max_entries,
+        }
+    }
 }
 
 impl Validate for Config {
@@ -160,6 +185,11 @@ impl Validate for Config {
         require_positive(&[
             ("dispatcher.max_in_flight", c.max_in_flight as u64),
             ("dispatcher.endpoint_refresh_secs", c.endpoint_refresh_secs),
+            ("dispatcher.secret_cache.ttl_secs", c.secret_cache.ttl_secs),
+            (
+                "dispatcher.secret_cache.max_entries",
+                c.secret_cache.max_entries as u64,
+            ),
             ("dispatcher.http.timeout_ms", c.http.timeout_ms),
             (
                 "dispatcher.http.connect_timeout_ms",
@@ -192,6 +222,9 @@ impl Validate for Config {
                 "must be at least per_endpoint_concurrency and below max_in_flight",
             ));
         }
+        self.secrets
+            .keyring("secrets")
+            .map_err(|e| ConfigError::invalid(e.key, e.message))?;
         if let Some(s3) = &self.s3 {
             s3.check("s3")
                 .map_err(|(key, m)| ConfigError::invalid(key, m))?;
@@ -210,16 +243,33 @@ impl Config {
 mod tests {
     use super::*;
 
+    const KEYS: &str = "secrets:\n  keys: [\"k1:AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=\"]\n";
+
     #[test]
     fn defaults_are_valid_and_errors_name_the_key() {
-        let config: Config = substrate_runtime::config::load_config_from(DEFAULTS, "").unwrap();
+        let config: Config = substrate_runtime::config::load_config_from(DEFAULTS, KEYS).unwrap();
         assert_eq!(config.dispatcher.schedule().unwrap().max_attempts(), 6);
         let err = substrate_runtime::config::load_config_from::<Config>(
             DEFAULTS,
-            "dispatcher:\n  retry:\n    topic_prefix: p\n    delays: [5x]\n",
+            &format!("{KEYS}dispatcher:\n  retry:\n    topic_prefix: p\n    delays: [5x]\n"),
         )
         .unwrap_err()
         .to_string();
         assert!(err.contains("dispatcher.retry.delays"), "{err}");
+    }
+
+    #[test]
+    fn the_secrets_keys_are_required_and_checked() {
+        let err = substrate_runtime::config::load_config_from::<Config>(DEFAULTS, "")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("`secrets.keys`: no key configured"), "{err}");
+        let err = substrate_runtime::config::load_config_from::<Config>(
+            DEFAULTS,
+            &format!("{KEYS}  active_key_id: k2\n"),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("`secrets.active_key_id`"), "{err}");
     }
 }

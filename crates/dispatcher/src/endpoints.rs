@@ -1,5 +1,7 @@
 //! Endpoints disabled after answering 410 Gone. The set lives in `dispatch_endpoints`, is cached
 //! here and re-read periodically, so `esctl endpoints enable` takes effect without a restart.
+//! Endpoints are known by the SHA-256 of their URL (`substrate_secrets::url_hash`), never by the
+//! URL, which may be a secret.
 
 use std::collections::HashSet;
 use std::sync::{Arc, RwLock};
@@ -22,26 +24,35 @@ impl Endpoints {
         }
     }
 
-    pub fn is_disabled(&self, url: &str) -> bool {
-        self.disabled.read().expect("endpoints lock").contains(url)
+    pub fn is_disabled(&self, url_hash: &str) -> bool {
+        self.disabled
+            .read()
+            .expect("endpoints lock")
+            .contains(url_hash)
     }
 
     pub async fn refresh(&self) -> Result<usize, DbError> {
         let client = self.pool.get().await?;
-        let urls = substrate_db::dispatch::disabled_endpoints(&**client).await?;
-        let n = urls.len();
-        *self.disabled.write().expect("endpoints lock") = urls.into_iter().collect();
+        let hashes = substrate_db::dispatch::disabled_endpoints(&**client).await?;
+        let n = hashes.len();
+        *self.disabled.write().expect("endpoints lock") = hashes.into_iter().collect();
         Ok(n)
     }
 
-    /// Disables `url` in Postgres and at once in this process.
-    pub async fn disable(&self, url: &str, reason: &str) -> Result<(), DbError> {
+    /// Disables the endpoint in Postgres and at once in this process; `endpoint` is its
+    /// redacted form.
+    pub async fn disable(
+        &self,
+        url_hash: &str,
+        endpoint: &str,
+        reason: &str,
+    ) -> Result<(), DbError> {
         let client = self.pool.get().await?;
-        substrate_db::dispatch::disable_endpoint(&**client, url, reason).await?;
+        substrate_db::dispatch::disable_endpoint(&**client, url_hash, endpoint, reason).await?;
         self.disabled
             .write()
             .expect("endpoints lock")
-            .insert(url.to_string());
+            .insert(url_hash.to_string());
         Ok(())
     }
 

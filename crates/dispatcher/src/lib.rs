@@ -1,7 +1,8 @@
 //! The dispatcher: delivers the dispatch requests of matching rules to their sinks — signed
 //! webhooks (Standard Webhooks), Slack, Discord, the S3 archive, Kafka topics and user
 //! notifications — retries failures through delay topics without blocking, dead-letters what
-//! cannot be delivered, disables endpoints that answer 410, and logs every attempt.
+//! cannot be delivered, disables endpoints that answer 410, and logs every attempt. Secrets of
+//! HTTP actions are opened here only, from Postgres, and never logged or forwarded.
 
 pub mod audit;
 pub mod config;
@@ -9,6 +10,7 @@ pub mod endpoints;
 pub mod metrics;
 pub mod outcome;
 pub mod request;
+pub mod secrets;
 pub mod service;
 pub mod signing;
 pub mod sinks;
@@ -58,6 +60,12 @@ pub async fn serve(
     let registry = Registry::new(&config.schema_registry)?;
     let producer = Producer::new(&config.kafka).context("creating the producer")?;
 
+    let keyring = config
+        .secrets
+        .keyring("secrets")
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    tracing::info!(keys = ?keyring.key_ids().collect::<Vec<_>>(), active = keyring.active_key_id(), "secrets keyring loaded");
+    let secrets = secrets::SecretStore::new(pool.clone(), keyring, c.secret_cache());
     let endpoints = endpoints::Endpoints::new(pool.clone());
     let n = match retry_transient(&shutdown.token(), "dispatcher.load_endpoints", || {
         endpoints.refresh()
@@ -108,6 +116,7 @@ pub async fn serve(
         },
         audit: audit::AuditLog::start(pool.clone(), &shutdown),
         endpoints,
+        secrets,
         retrier: Retrier::new(
             producer.clone(),
             schedule,

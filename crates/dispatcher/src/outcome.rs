@@ -23,6 +23,21 @@ pub enum Outcome {
     },
 }
 
+impl Outcome {
+    /// The same outcome with its reason rewritten (to scrub secrets from it).
+    pub fn map_reason(self, f: impl FnOnce(String) -> String) -> Self {
+        match self {
+            Self::Delivered => Self::Delivered,
+            Self::Retry { after, reason } => Self::Retry {
+                after,
+                reason: f(reason),
+            },
+            Self::Permanent { reason } => Self::Permanent { reason: f(reason) },
+            Self::Disable { reason } => Self::Disable { reason: f(reason) },
+        }
+    }
+}
+
 /// Classifies an HTTP answer.
 pub fn classify_status(status: u16, retry_after: Option<&str>) -> Outcome {
     match status {

@@ -1,7 +1,9 @@
 //! A dispatch request as the rule-evaluator wrote it (`internal.dispatch.requests`), decoded.
+//! Its action is the public part; the secret of an HTTP action is resolved separately
+//! ([`crate::secrets`]), except in records written before secrets were sealed.
 
 use serde_json::Value as Json;
-use substrate_rules::actions::Action;
+use substrate_rules::{ActionSecret, PublicAction};
 use uuid::Uuid;
 
 #[derive(Debug, Clone)]
@@ -15,7 +17,9 @@ pub struct Request {
     pub rule_name: String,
     pub rule_version: i32,
     pub action_index: i32,
-    pub action: Action,
+    pub action: PublicAction,
+    /// The secret a record written before secrets were sealed carries inline.
+    pub inline_secret: Option<ActionSecret>,
     pub payload: Json,
     pub traceparent: Option<String>,
 }
@@ -39,8 +43,9 @@ impl Request {
         let uuid = |field: &str| -> Result<Uuid, String> {
             Uuid::parse_str(&text(field)?).map_err(|_| format!("field `{field}` is not a UUID"))
         };
-        let action_text = text("action")?;
-        let action: Action = serde_json::from_str(&action_text)
+        let action_json: Json = serde_json::from_str(&text("action")?)
+            .map_err(|e| format!("field `action` is not JSON: {e}"))?;
+        let (action, inline_secret) = PublicAction::parse(&action_json)
             .map_err(|e| format!("field `action` is not a valid action: {e}"))?;
         let payload: Json = serde_json::from_str(&text("payload")?)
             .map_err(|e| format!("field `payload` is not JSON: {e}"))?;
@@ -61,6 +66,7 @@ impl Request {
             rule_version: int("rule_version")? as i32,
             action_index: int("action_index")? as i32,
             action,
+            inline_secret,
             payload,
             traceparent: record
                 .get("traceparent")
@@ -76,27 +82,15 @@ impl Request {
             .to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
     }
 
-    /// The URL an HTTP action posts to.
-    pub fn http_url(&self) -> Option<&str> {
-        match &self.action {
-            Action::Webhook { url, .. } => Some(url),
-            Action::Slack { webhook_url, .. } | Action::Discord { webhook_url, .. } => {
-                Some(webhook_url)
-            }
-            _ => None,
-        }
-    }
-
-    /// What the audit log names as the target.
+    /// What logs and the audit log name as the target (HTTP endpoints redacted).
     pub fn target(&self) -> String {
         match &self.action {
-            Action::Webhook { url, .. } => url.clone(),
-            Action::Slack { webhook_url, .. } | Action::Discord { webhook_url, .. } => {
-                webhook_url.clone()
-            }
-            Action::S3 { bucket, prefix } => format!("s3://{bucket}/{prefix}"),
-            Action::Kafka { topic } => format!("kafka:{topic}"),
-            Action::Notification { event_type, .. } => format!("notification:{event_type}"),
+            PublicAction::Webhook { endpoint, .. }
+            | PublicAction::Slack { endpoint, .. }
+            | PublicAction::Discord { endpoint, .. } => endpoint.clone(),
+            PublicAction::S3 { bucket, prefix } => format!("s3://{bucket}/{prefix}"),
+            PublicAction::Kafka { topic } => format!("kafka:{topic}"),
+            PublicAction::Notification { event_type, .. } => format!("notification:{event_type}"),
         }
     }
 }

@@ -2,7 +2,9 @@
 //! delivered in its own task (bounded in total and per endpoint), its attempt logged, and a
 //! failure routed to the next delay topic or the dead letter. Offsets are stored below the lowest
 //! request still in flight, so a crash redelivers exactly what was not finished (receivers see
-//! duplicates only with the same `webhook-id`).
+//! duplicates only with the same `webhook-id`). The secret of an HTTP action is resolved from
+//! Postgres for the attempt and never leaves it: logs, audit rows and dead-letter reasons name
+//! the redacted endpoint.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -14,8 +16,9 @@ use substrate_avro::{avro_to_json, Registry};
 use substrate_db::dispatch::Attempt;
 use substrate_kafka::delay_gate::{DelayGate, Gate};
 use substrate_kafka::delay_topics::{Retrier, RetryState, Routed};
-use substrate_rules::actions::Action;
+use substrate_rules::{ActionSecret, PublicAction};
 use substrate_runtime::failure::{retry_transient, Classify, Stopped};
+use substrate_secrets::url_hash;
 use tokio_util::sync::CancellationToken;
 
 use crate::audit::AuditLog;
@@ -23,6 +26,7 @@ use crate::endpoints::Endpoints;
 use crate::metrics::{DEAD_LETTERED, DEFERRED, DELIVERIES, DELIVERY_SECONDS};
 use crate::outcome::Outcome;
 use crate::request::Request;
+use crate::secrets::SecretStore;
 use crate::signing::{self, Secret};
 use crate::sinks::archive::{ArchiveError, Archiver};
 use crate::sinks::http::HttpSink;
@@ -37,6 +41,7 @@ pub struct Dispatcher {
     pub kafka: KafkaSink,
     pub audit: AuditLog,
     pub endpoints: Endpoints,
+    pub secrets: SecretStore,
     pub retrier: Retrier,
     pub max_in_flight: usize,
 }
@@ -122,41 +127,54 @@ impl Dispatcher {
         let started = Instant::now();
         let attempted_at = chrono::Utc::now();
 
+        // The sealed part of an HTTP action: without it nothing can be delivered, ever.
+        let resolved = retry_transient(shutdown, "dispatcher.resolve_secret", || {
+            self.secrets.resolve(&request)
+        })
+        .await;
+        let secret = match resolved {
+            Ok(secret) => secret,
+            Err(Stopped::Cancelled) => return false,
+            Err(Stopped::Permanent(e)) => {
+                tracing::warn!(request = %request.request_id, error = %e, "no usable secret");
+                let error = e.to_string();
+                return self
+                    .refuse(message, state, &request, "failed", error, started, shutdown)
+                    .await;
+            }
+        };
+        let url = secret.as_deref().map(|s| s.url.as_str());
+
         // Disabled endpoints are not called; the request waits in the dead letter for replay.
-        if let Some(url) = request.http_url().filter(|u| self.endpoints.is_disabled(u)) {
-            let error = format!("endpoint {url} is disabled (it answered 410 Gone)");
-            let row = self.row(
-                &request,
-                state,
-                "skipped",
-                None,
-                Some(error.clone()),
-                started,
-                attempted_at,
+        if url.is_some_and(|u| self.endpoints.is_disabled(&url_hash(u))) {
+            let error = format!(
+                "endpoint {} is disabled (it answered 410 Gone)",
+                request.target()
             );
-            return match self.log(row, shutdown).await {
-                Logged::Yes => self.give_up(message, state, &error, shutdown).await,
-                Logged::Refused(refusal) => {
-                    let error = format!("{error}; {refusal}");
-                    self.give_up(message, state, &error, shutdown).await
-                }
-                Logged::Interrupted => false,
-            };
+            return self
+                .refuse(
+                    message, state, &request, "skipped", error, started, shutdown,
+                )
+                .await;
         }
 
         // A saturated endpoint (hanging, or slower than its share of traffic) does not get to hold
         // more of the in-flight slots: its request waits in the first delay topic instead, not
         // counted as an attempt, and every other endpoint keeps flowing.
-        let _reservation = match request.http_url() {
+        let _reservation = match url {
             None => None,
             Some(url) => match self.http.reserve(url) {
                 Some(reservation) => Some(reservation),
-                None => return self.defer(message, state, url, sink, shutdown).await,
+                None => return self.defer(message, state, &request, sink, shutdown).await,
             },
         };
 
         tracing::debug!(request = %request.request_id, sink, attempt = state.attempt(), "delivering");
-        let attempted = self.deliver(&request).await;
+        let mut attempted = self.deliver(&request, secret.as_deref()).await;
+        if let Some(secret) = &secret {
+            // An error text may quote what was sent (a URL in a client error): never onward.
+            attempted.outcome = attempted.outcome.map_reason(|r| secret.scrub(&r));
+        }
         let latency = started.elapsed();
         tracing::debug!(request = %request.request_id, outcome = ?attempted.outcome, ?latency, "attempted");
         metrics::histogram!(DELIVERY_SECONDS, "sink" => sink).record(latency.as_secs_f64());
@@ -222,19 +240,20 @@ impl Dispatcher {
             }
             Outcome::Permanent { reason } => self.give_up(message, state, &reason, shutdown).await,
             Outcome::Disable { reason } => {
-                let url = request.http_url().unwrap_or_default().to_string();
+                let hash = url.map(url_hash).unwrap_or_default();
+                let endpoint = request.target();
                 let disabled = retry_transient(shutdown, "dispatcher.disable_endpoint", || {
-                    self.endpoints.disable(&url, &reason)
+                    self.endpoints.disable(&hash, &endpoint, &reason)
                 })
                 .await;
                 match disabled {
                     Err(Stopped::Cancelled) => return false,
                     Err(Stopped::Permanent(e)) => {
-                        tracing::error!(%url, error = %e, "recording a disabled endpoint failed")
+                        tracing::error!(%endpoint, error = %e, "recording a disabled endpoint failed")
                     }
                     Ok(()) => {}
                 }
-                tracing::warn!(%url, "endpoint disabled (410 Gone)");
+                tracing::warn!(%endpoint, "endpoint disabled (410 Gone)");
                 self.give_up(message, state, &reason, shutdown).await
             }
         }
@@ -278,16 +297,48 @@ impl Dispatcher {
         }
     }
 
+    /// Logs a request that is not attempted (`outcome` says why) and dead-letters it; false
+    /// when shutdown interrupted it.
+    #[allow(clippy::too_many_arguments)]
+    async fn refuse(
+        &self,
+        message: &OwnedMessage,
+        state: &RetryState,
+        request: &Request,
+        outcome: &'static str,
+        error: String,
+        started: Instant,
+        shutdown: &CancellationToken,
+    ) -> bool {
+        let row = self.row(
+            request,
+            state,
+            outcome,
+            None,
+            Some(error.clone()),
+            started,
+            chrono::Utc::now(),
+        );
+        match self.log(row, shutdown).await {
+            Logged::Yes => self.give_up(message, state, &error, shutdown).await,
+            Logged::Refused(refusal) => {
+                let error = format!("{error}; {refusal}");
+                self.give_up(message, state, &error, shutdown).await
+            }
+            Logged::Interrupted => false,
+        }
+    }
+
     /// Sends a request for a saturated endpoint to the first delay topic; false on shutdown.
     async fn defer(
         &self,
         message: &OwnedMessage,
         state: &RetryState,
-        url: &str,
+        request: &Request,
         sink: &'static str,
         shutdown: &CancellationToken,
     ) -> bool {
-        let reason = format!("endpoint {} is saturated; deferred", endpoint_label(url));
+        let reason = format!("endpoint {} is saturated; deferred", request.target());
         let deferred = retry_transient(shutdown, "dispatcher.defer", || {
             self.retrier.defer(message, state, &reason)
         })
@@ -324,19 +375,29 @@ impl Dispatcher {
         parked
     }
 
-    /// One attempt at the request's action.
-    async fn deliver(&self, request: &Request) -> Attempted {
+    /// One attempt at the request's action; HTTP actions come with their opened secret.
+    async fn deliver(&self, request: &Request, secret: Option<&ActionSecret>) -> Attempted {
         let outcome_only = |outcome| Attempted {
             outcome,
             status: None,
         };
+        let http = match (&request.action, secret) {
+            (PublicAction::Webhook { .. }, Some(s))
+            | (PublicAction::Slack { .. }, Some(s))
+            | (PublicAction::Discord { .. }, Some(s)) => Some(s),
+            (PublicAction::Webhook { .. }, None)
+            | (PublicAction::Slack { .. }, None)
+            | (PublicAction::Discord { .. }, None) => {
+                // `SecretStore::resolve` gives every HTTP action its secret.
+                return outcome_only(Outcome::Permanent {
+                    reason: "the action's sealed secret is missing".into(),
+                });
+            }
+            _ => None,
+        };
         match &request.action {
-            Action::Webhook {
-                url,
-                secrets,
-                headers,
-                timeout_ms,
-            } => {
+            PublicAction::Webhook { timeout_ms, .. } => {
+                let secret = http.expect("checked above");
                 let body = serde_json::to_vec(&json!({
                     "type": request.event_type,
                     "timestamp": request.event_time(),
@@ -346,7 +407,7 @@ impl Dispatcher {
                 }))
                 .expect("JSON values serialize");
                 let secrets: Result<Vec<Secret>, _> =
-                    secrets.iter().map(|s| Secret::parse(s)).collect();
+                    secret.secrets.iter().map(|s| Secret::parse(s)).collect();
                 let Ok(secrets) = secrets else {
                     return outcome_only(Outcome::Permanent {
                         reason: "a webhook secret is not `whsec_` + base64".into(),
@@ -354,7 +415,8 @@ impl Dispatcher {
                 };
                 let id = request.request_id.to_string();
                 let timestamp = chrono::Utc::now().timestamp();
-                let mut all: Vec<(String, String)> = headers
+                let mut all: Vec<(String, String)> = secret
+                    .headers
                     .iter()
                     .map(|(k, v)| (k.clone(), v.clone()))
                     .collect();
@@ -367,29 +429,31 @@ impl Dispatcher {
                     ));
                 }
                 let timeout = timeout_ms.map(Duration::from_millis);
-                let result = self.http.post(url, body, &all, timeout).await;
+                let result = self.http.post(&secret.url, body, &all, timeout).await;
                 Attempted {
                     outcome: result.outcome,
                     status: result.status,
                 }
             }
-            Action::Slack {
-                webhook_url,
+            PublicAction::Slack {
                 template,
                 timeout_ms,
+                ..
             } => {
                 let body = json!({"text": render(template, &request.payload)});
-                self.chat(webhook_url, &body, request, *timeout_ms).await
+                let url = &http.expect("checked above").url;
+                self.chat(url, &body, request, *timeout_ms).await
             }
-            Action::Discord {
-                webhook_url,
+            PublicAction::Discord {
                 template,
                 timeout_ms,
+                ..
             } => {
                 let body = json!({"content": render(template, &request.payload)});
-                self.chat(webhook_url, &body, request, *timeout_ms).await
+                let url = &http.expect("checked above").url;
+                self.chat(url, &body, request, *timeout_ms).await
             }
-            Action::S3 { bucket, prefix } => {
+            PublicAction::S3 { bucket, prefix } => {
                 let line = serde_json::to_vec(&json!({
                     "request_id": request.request_id,
                     "event_id": request.event_id,
@@ -411,8 +475,8 @@ impl Dispatcher {
                     Err(ArchiveError::Permanent(reason)) => Outcome::Permanent { reason },
                 })
             }
-            Action::Kafka { topic } => outcome_only(self.kafka.forward(topic, request).await),
-            Action::Notification {
+            PublicAction::Kafka { topic } => outcome_only(self.kafka.forward(topic, request).await),
+            PublicAction::Notification {
                 event_type,
                 recipient_field,
             } => outcome_only(
@@ -454,13 +518,5 @@ fn storable(text: String) -> String {
         text.replace('\0', "\u{FFFD}")
     } else {
         text
-    }
-}
-
-/// Scheme and host of a URL, for logs (paths and queries of webhook URLs can be secrets).
-fn endpoint_label(url: &str) -> String {
-    match reqwest::Url::parse(url) {
-        Ok(u) => format!("{}://{}", u.scheme(), u.host_str().unwrap_or_default()),
-        Err(_) => "<invalid url>".into(),
     }
 }

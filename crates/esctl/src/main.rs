@@ -1,10 +1,12 @@
 //! `esctl`, the operator CLI: apply database migrations, provision topics and schemas, manage
-//! rules, inspect and replay dead letters, tail topics, re-enable endpoints, and mint local
-//! tokens.
+//! rules (their secrets sealed) and the encryption keys, inspect and replay dead letters, tail
+//! topics, re-enable endpoints, and mint local tokens.
 //! Connection settings come from the same `SUBSTRATE_*` variables the services read (or flags).
 
+mod keys;
 mod provision;
 mod rules;
+mod secrets;
 mod topics;
 
 use std::path::PathBuf;
@@ -21,12 +23,15 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Apply supabase/migrations/*.sql that have not been applied yet.
+    /// Apply supabase/migrations/*.sql that have not been applied yet, then seal the secrets of
+    /// rules saved before secrets were sealed (needs SUBSTRATE_SECRETS__KEYS when there are any).
     Migrate {
         #[arg(long, env = "SUBSTRATE_DATABASE__URL")]
         database_url: String,
         #[arg(long, default_value = "supabase/migrations")]
         dir: PathBuf,
+        #[command(flatten)]
+        keyring: secrets::KeyringArgs,
     },
     /// Create every topic of avro/**/*.avsc and topics.yaml and register each schema as
     /// subject `<topic>-value`. Idempotent.
@@ -43,6 +48,9 @@ enum Command {
     /// Work with business rules.
     #[command(subcommand)]
     Rules(rules::RulesCommand),
+    /// API keys of server-to-server sources (`auth: api_key` routes).
+    #[command(subcommand)]
+    Keys(keys::KeysCommand),
     /// Inspect and replay dead letters.
     #[command(subcommand)]
     Dlq(topics::DlqCommand),
@@ -61,6 +69,10 @@ enum Command {
         #[arg(long, short = 'f')]
         follow: bool,
     },
+    /// Encryption keys of rule action secrets: status, rotation, pruning; the login webhook
+    /// secret.
+    #[command(subcommand)]
+    Secrets(secrets::SecretsCommand),
     /// Endpoints the dispatcher disabled (410 Gone).
     #[command(subcommand)]
     Endpoints(topics::EndpointsCommand),
@@ -86,16 +98,26 @@ enum Command {
 async fn main() -> anyhow::Result<()> {
     tracing_subscriber_init();
     match Cli::parse().command {
-        Command::Migrate { database_url, dir } => {
-            let (mut client, connection) =
-                tokio_postgres::connect(&database_url, tokio_postgres::NoTls)
+        Command::Migrate {
+            database_url,
+            dir,
+            keyring,
+        } => {
+            let mut client =
+                substrate_db::connect_one(&substrate_db::DbConfig::from_url(database_url))
                     .await
                     .context("connecting to the database")?;
-            tokio::spawn(connection);
             let applied = substrate_db::migrate::migrate(&mut client, &dir).await?;
             println!("migrations: {} applied", applied.len());
             for name in applied {
                 println!("  {name}");
+            }
+            let sealed = secrets::seal_inline_rules(&mut client, &keyring).await?;
+            if !sealed.is_empty() {
+                println!("sealed the secrets of {} rule(s):", sealed.len());
+                for name in sealed {
+                    println!("  {name}");
+                }
             }
         }
         Command::Provision {
@@ -113,6 +135,8 @@ async fn main() -> anyhow::Result<()> {
             .await?;
         }
         Command::Rules(command) => rules::run(command).await?,
+        Command::Keys(command) => keys::run(command).await?,
+        Command::Secrets(command) => secrets::run(command).await?,
         Command::Dlq(command) => topics::dlq(command).await?,
         Command::Tail {
             topic,

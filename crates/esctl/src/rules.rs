@@ -1,13 +1,16 @@
-//! `esctl rules`: save (validated against each topic's Avro schema first), list, enable and
-//! disable rules, and `check` a condition offline, optionally against a sample event.
+//! `esctl rules`: save (validated against each topic's Avro schema first; the secrets of HTTP
+//! actions sealed apart, [`crate::secrets`]), show, list, enable and disable rules, and `check` a
+//! condition offline, optionally against a sample event.
 
 use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::Subcommand;
 use substrate_avro::Catalog;
-use substrate_db::rules::{list, set_enabled, upsert, RuleRow};
+use substrate_db::rules::{list, set_enabled, RuleRow};
 use substrate_rules::{parse_actions, parse_condition, CeAttributes, Event, Matcher};
+
+use crate::secrets::KeyringArgs;
 
 #[derive(Subcommand)]
 pub enum RulesCommand {
@@ -35,6 +38,15 @@ pub enum RulesCommand {
         disabled: bool,
         #[arg(long, default_value = "avro")]
         avro_dir: PathBuf,
+        #[arg(long, env = "SUBSTRATE_DATABASE__URL")]
+        database_url: String,
+        /// The keys that seal the secrets of webhook, Slack and Discord actions.
+        #[command(flatten)]
+        keyring: KeyringArgs,
+    },
+    /// Print one rule as JSON: its actions as stored (public; secrets are sealed apart).
+    Show {
+        name: String,
         #[arg(long, env = "SUBSTRATE_DATABASE__URL")]
         database_url: String,
     },
@@ -86,6 +98,7 @@ pub async fn run(command: RulesCommand) -> anyhow::Result<()> {
             disabled,
             avro_dir,
             database_url,
+            keyring,
         } => {
             let catalog = Catalog::load(&avro_dir)?;
             let condition_value = condition_value(&condition);
@@ -93,35 +106,57 @@ pub async fn run(command: RulesCommand) -> anyhow::Result<()> {
                 .map_err(|e| anyhow::anyhow!("invalid condition: {e}"))?;
             let actions: serde_json::Value =
                 serde_json::from_str(&actions).context("--actions is not JSON")?;
+            let mut parsed = Vec::new();
             for topic in &topics {
                 let schema = catalog.get(topic).with_context(|| {
                     format!("topic {topic} has no schema under {}", avro_dir.display())
                 })?;
                 Matcher::compile(&expr, &schema.schema)
                     .map_err(|e| anyhow::anyhow!("invalid condition for {topic}: {e}"))?;
-                parse_actions(&actions, &schema.schema)
+                parsed = parse_actions(&actions, &schema.schema)
                     .map_err(|e| anyhow::anyhow!("invalid actions for {topic}: {e}"))?;
             }
-            let client = connect(&database_url).await?;
-            let saved = upsert(
-                &client,
-                &RuleRow {
-                    id: uuid::Uuid::nil(),
-                    name,
-                    enabled: !disabled,
-                    topics,
-                    event_types,
-                    condition: expr.to_json(),
-                    condition_text: condition_value.as_str().map(String::from),
-                    actions,
-                    priority,
-                    version: 0,
-                },
-            )
-            .await?;
-            println!(
+            let keyring = keyring.keyring()?;
+            let mut client = connect(&database_url).await?;
+            let mut rule = RuleRow {
+                id: uuid::Uuid::nil(),
+                name,
+                enabled: !disabled,
+                topics,
+                event_types,
+                condition: expr.to_json(),
+                condition_text: condition_value.as_str().map(String::from),
+                actions: serde_json::Value::Null,
+                priority,
+                version: 0,
+            };
+            let (saved, sealed) =
+                crate::secrets::save(&mut client, &mut rule, &parsed, keyring.as_ref()).await?;
+            print!(
                 "saved {} version {} ({})",
                 saved.name, saved.version, saved.id
+            );
+            match keyring.filter(|_| sealed > 0) {
+                Some(k) => println!("; sealed {sealed} secret(s) with key {}", k.active_key_id()),
+                None => println!(),
+            }
+            Ok(())
+        }
+        RulesCommand::Show { name, database_url } => {
+            let client = connect(&database_url).await?;
+            let rule = list(&client)
+                .await?
+                .into_iter()
+                .find(|r| r.name == name)
+                .with_context(|| format!("no rule named {name}"))?;
+            println!(
+                "{:#}",
+                serde_json::json!({
+                    "id": rule.id, "name": rule.name, "version": rule.version,
+                    "enabled": rule.enabled, "priority": rule.priority, "topics": rule.topics,
+                    "event_types": rule.event_types, "condition": rule.condition,
+                    "condition_text": rule.condition_text, "actions": rule.actions,
+                })
             );
             Ok(())
         }
@@ -194,11 +229,9 @@ fn condition_value(condition: &str) -> serde_json::Value {
 }
 
 pub async fn connect(database_url: &str) -> anyhow::Result<tokio_postgres::Client> {
-    let (client, connection) = tokio_postgres::connect(database_url, tokio_postgres::NoTls)
+    substrate_db::connect_one(&substrate_db::DbConfig::from_url(database_url))
         .await
-        .context("connecting to the database")?;
-    tokio::spawn(connection);
-    Ok(client)
+        .context("connecting to the database")
 }
 
 async fn toggle(database_url: &str, name: &str, enabled: bool) -> anyhow::Result<()> {

@@ -1,7 +1,7 @@
 //! Reading topics as an operator: `tail` decodes records from Avro; `dlq list` shows dead
 //! letters with their errors and origin; `dlq replay` sends chosen dead letters back to the
 //! topic they came from (attempts start over); `endpoints` lists and re-enables endpoints the
-//! dispatcher disabled after a 410.
+//! dispatcher disabled after a 410 (known by the SHA-256 of their URL, shown redacted).
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -101,6 +101,7 @@ pub enum EndpointsCommand {
     },
     /// Deliver to a disabled endpoint again (within the dispatcher's refresh interval).
     Enable {
+        /// The endpoint's URL (it is hashed; the table holds no URL) or its `url_hash`.
         url: String,
         #[arg(long, env = "SUBSTRATE_DATABASE__URL")]
         database_url: String,
@@ -411,18 +412,27 @@ pub async fn endpoints(command: EndpointsCommand) -> anyhow::Result<()> {
             for e in substrate_db::dispatch::list_endpoints(&client).await? {
                 println!(
                     "{}",
-                    json!({"url": e.url, "disabled": e.disabled, "reason": e.reason,
-                           "disabled_at": e.disabled_at.map(|t| t.to_rfc3339())})
+                    json!({"endpoint": e.endpoint, "url_hash": e.url_hash, "disabled": e.disabled,
+                           "reason": e.reason, "disabled_at": e.disabled_at.map(|t| t.to_rfc3339())})
                 );
             }
         }
         EndpointsCommand::Enable { url, database_url } => {
             let client = crate::rules::connect(&database_url).await?;
+            let is_hash = url.len() == 64 && url.bytes().all(|b| b.is_ascii_hexdigit());
+            let (hash, shown) = if is_hash {
+                (url.to_ascii_lowercase(), url.clone())
+            } else {
+                (
+                    substrate_secrets::url_hash(&url),
+                    substrate_secrets::redact_url(&url),
+                )
+            };
             anyhow::ensure!(
-                substrate_db::dispatch::enable_endpoint(&client, &url).await?,
-                "{url} is not disabled"
+                substrate_db::dispatch::enable_endpoint(&client, &hash).await?,
+                "{shown} is not disabled"
             );
-            println!("enabled {url}");
+            println!("enabled {shown}");
         }
     }
     Ok(())

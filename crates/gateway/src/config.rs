@@ -14,6 +14,7 @@ use substrate_runtime::LifecycleConfig;
 pub const DEFAULTS: &str = r#"
 gateway:
   listen: 127.0.0.1:8080
+  ops_listen: 127.0.0.1:8090
   routes_file: routes.yaml
   avro_dir: avro
   max_event_bytes: 65536
@@ -22,6 +23,13 @@ gateway:
   ce_source: /event-substrate/gateway
   retry_after_secs: 5
   routes_poll_secs: 5
+  idempotency_retention_secs: 86400
+  cors:
+    allowed_origins: []
+    allow_credentials: false
+    max_age_secs: 600
+api_keys:
+  refresh_secs: 2
 media:
   topic_prefix: ""
   bucket: media-uploads
@@ -68,6 +76,7 @@ pub struct Config {
     pub auth: AuthConfig,
     pub webhooks: WebhooksConfig,
     pub media: MediaConfig,
+    pub api_keys: crate::keys::ApiKeysConfig,
     /// Balances and files read by `GET /api/v1/credits` and `GET /api/v1/media/files`.
     pub database: substrate_db::DbConfig,
     /// The object store of media uploads; without it upload-complete answers 503.
@@ -101,7 +110,10 @@ pub struct MediaConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct GatewayConfig {
+    /// The public listener: the API and `/healthz`.
     pub listen: String,
+    /// The operational listener: `/healthz`, `/readyz` and `/metrics` (keep it private).
+    pub ops_listen: String,
     pub routes_file: PathBuf,
     pub avro_dir: PathBuf,
     pub max_event_bytes: usize,
@@ -111,9 +123,60 @@ pub struct GatewayConfig {
     pub retry_after_secs: u64,
     /// Fallback re-read of routes.yaml in case a file-system event was missed; 0 turns it off.
     pub routes_poll_secs: u64,
+    /// How long an `Idempotency-Key` answer is replayed.
+    pub idempotency_retention_secs: u64,
+    /// Browser apps allowed to call the API from other origins.
+    pub cors: CorsConfig,
     /// Timeouts and the cap on requests in progress (load shedding).
     #[serde(default)]
     pub http: HttpLimits,
+}
+
+/// Cross-origin access for browser apps. Empty `allowed_origins`: no CORS headers at all
+/// (same-origin only). `*` allows every origin, and then never with credentials.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CorsConfig {
+    /// Origins such as `https://app.example.com`, or `*`.
+    pub allowed_origins: Vec<String>,
+    /// Lets browsers send cookies / HTTP auth (`Access-Control-Allow-Credentials: true`).
+    pub allow_credentials: bool,
+    /// How long a browser may cache a preflight answer.
+    pub max_age_secs: u64,
+}
+
+impl CorsConfig {
+    fn check(&self) -> Result<(), ConfigError> {
+        let key = "gateway.cors.allowed_origins";
+        let wildcard = self.allowed_origins.iter().any(|o| o == "*");
+        if wildcard && self.allowed_origins.len() > 1 {
+            return Err(ConfigError::invalid(
+                key,
+                "`*` cannot be combined with other origins",
+            ));
+        }
+        if wildcard && self.allow_credentials {
+            return Err(ConfigError::invalid(
+                "gateway.cors.allow_credentials",
+                "credentials are never allowed with the wildcard origin `*`; list the origins",
+            ));
+        }
+        for origin in self.allowed_origins.iter().filter(|o| *o != "*") {
+            let ok = (origin.starts_with("https://") || origin.starts_with("http://"))
+                && !origin.ends_with('/')
+                && origin.split("://").nth(1).is_some_and(|rest| {
+                    !rest.is_empty() && !rest.contains('/') && !rest.contains('*')
+                })
+                && axum::http::HeaderValue::from_str(origin).is_ok();
+            if !ok {
+                return Err(ConfigError::invalid(
+                    key,
+                    format!("`{origin}` is not an origin (scheme://host[:port], no path)"),
+                ));
+            }
+        }
+        Ok(())
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -161,6 +224,34 @@ impl Validate for Config {
             ));
         }
         require_listen("gateway.listen", &self.gateway.listen)?;
+        require_listen("gateway.ops_listen", &self.gateway.ops_listen)?;
+        if self.gateway.ops_listen == self.gateway.listen && !self.gateway.listen.ends_with(":0") {
+            return Err(ConfigError::invalid(
+                "gateway.ops_listen",
+                "must differ from gateway.listen (/readyz and /metrics stay off the public listener)",
+            ));
+        }
+        self.gateway.cors.check()?;
+        if self.gateway.idempotency_retention_secs == 0 {
+            return Err(ConfigError::invalid(
+                "gateway.idempotency_retention_secs",
+                "must be > 0",
+            ));
+        }
+        if self
+            .api_keys
+            .pepper
+            .as_deref()
+            .is_some_and(|p| p.len() < 32)
+        {
+            return Err(ConfigError::invalid(
+                "api_keys.pepper",
+                "must be at least 32 characters",
+            ));
+        }
+        if self.api_keys.refresh_secs == 0 {
+            return Err(ConfigError::invalid("api_keys.refresh_secs", "must be > 0"));
+        }
         self.gateway.http.check("gateway.http")?;
         if self.gateway.max_event_bytes == 0
             || self.gateway.max_event_bytes > self.gateway.max_batch_bytes

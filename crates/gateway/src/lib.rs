@@ -5,7 +5,10 @@
 pub mod auth;
 pub mod config;
 pub mod error;
+pub mod idempotency;
 pub mod ingest;
+pub mod keys;
+pub mod limits;
 pub mod media;
 pub mod metrics;
 pub mod publish;
@@ -75,10 +78,19 @@ pub struct App {
     pub login_schema: Option<TopicSchema>,
     pub media: media::Media,
     pub db: substrate_db::Pool,
+    pub keys: Arc<keys::KeyStore>,
+    pub idempotency: idempotency::Idempotency,
 }
 
-/// Builds the state and the router. The producer is returned for flushing at shutdown.
-pub fn build(config: &Config, shutdown: &Shutdown) -> anyhow::Result<(Router, Producer)> {
+/// The gateway's routers: the public API and the operational endpoints.
+pub struct Built {
+    pub public: Router,
+    pub ops: Router,
+    pub producer: Producer,
+}
+
+/// Builds the state and the routers. The producer is returned for flushing at shutdown.
+pub fn build(config: &Config, shutdown: &Shutdown) -> anyhow::Result<Built> {
     // The recorder first: descriptions and early metrics would go to the no-op recorder.
     substrate_runtime::ops::metrics_handle();
     metrics::describe();
@@ -118,6 +130,21 @@ pub fn build(config: &Config, shutdown: &Shutdown) -> anyhow::Result<(Router, Pr
         config: config.media.clone(),
     };
     let db = substrate_db::connect_pool(&config.database).context("database settings")?;
+    let keys = keys::KeyStore::new(&config.api_keys);
+    keys.clone().spawn_refresh(
+        db.clone(),
+        Duration::from_secs(config.api_keys.refresh_secs),
+        shutdown,
+    );
+    let retention = Duration::from_secs(config.gateway.idempotency_retention_secs);
+    let idempotency = idempotency::Idempotency {
+        db: db.clone(),
+        retention,
+        // A request cannot outlive the request timeout: an older unfinished claim is orphaned.
+        stale: Duration::from_millis(config.gateway.http.request_timeout_ms),
+    };
+    idempotency.spawn_purge(shutdown);
+    spawn_limit_housekeeping(routes.clone(), shutdown);
     let app = Arc::new(App {
         routes,
         verifier,
@@ -142,6 +169,8 @@ pub fn build(config: &Config, shutdown: &Shutdown) -> anyhow::Result<(Router, Pr
         login_schema: catalog.get(&config.webhooks.login_topic).cloned(),
         media,
         db: db.clone(),
+        keys,
+        idempotency,
     });
     let readiness = Readiness::new()
         .with_check("kafka", producer.ready_check())
@@ -150,7 +179,8 @@ pub fn build(config: &Config, shutdown: &Shutdown) -> anyhow::Result<(Router, Pr
             let registry = registry.clone();
             async move { registry.ping().await }
         });
-    let router = Router::new()
+    let public = Router::new()
+        .route("/healthz", get(ops::healthz))
         .route("/api/v1/events/{route}", post(ingest::post_event))
         .route("/api/v1/events/{route}/batch", post(ingest::post_batch))
         .route("/webhooks/login", post(webhooks::login))
@@ -166,39 +196,124 @@ pub fn build(config: &Config, shutdown: &Shutdown) -> anyhow::Result<(Router, Pr
         )
         .route("/api/v1/credits", get(media::credits))
         .route("/api/v1/media/files", get(media::files))
-        .with_state(app)
-        .merge(ops::router(readiness));
-    Ok((router, producer))
+        // After every route: JSON errors instead of axum's empty 404 and 405.
+        .fallback(error::not_found)
+        .method_not_allowed_fallback(error::method_not_allowed)
+        .layer(axum::middleware::from_fn(error::close_if_body_unread))
+        .with_state(app);
+    Ok(Built {
+        public,
+        ops: ops::router(readiness),
+        producer,
+    })
 }
 
-/// Serves on `listener` until `shutdown` fires, then drains in-flight requests and flushes.
+/// Forgets idle principals of every route's rate limits once a minute (bounded memory).
+fn spawn_limit_housekeeping(routes: Arc<RouteStore>, lifecycle: &Shutdown) {
+    let shutdown = lifecycle.token();
+    lifecycle.spawn("rate limit housekeeping", async move {
+        let mut ticker = tokio::time::interval(Duration::from_secs(60));
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                _ = ticker.tick() => {}
+            }
+            for route in routes.table().routes() {
+                route.limits.housekeep();
+            }
+        }
+        Ok(())
+    });
+}
+
+/// CORS for the configured origins; `None` when no origin is configured.
+fn cors(config: &config::CorsConfig) -> Option<tower_http::cors::CorsLayer> {
+    use axum::http::{header, HeaderName, HeaderValue, Method};
+    use tower_http::cors::{AllowOrigin, CorsLayer};
+    if config.allowed_origins.is_empty() {
+        return None;
+    }
+    let origin = if config.allowed_origins.iter().any(|o| o == "*") {
+        AllowOrigin::any()
+    } else {
+        AllowOrigin::list(
+            config
+                .allowed_origins
+                .iter()
+                .map(|o| HeaderValue::from_str(o).expect("checked at load")),
+        )
+    };
+    let name = HeaderName::from_static;
+    Some(
+        CorsLayer::new()
+            .allow_origin(origin)
+            .allow_methods([Method::GET, Method::POST])
+            .allow_headers([
+                header::AUTHORIZATION,
+                header::CONTENT_TYPE,
+                name("idempotency-key"),
+                name("x-api-key"),
+                name("traceparent"),
+                name("tracestate"),
+            ])
+            .expose_headers([
+                header::RETRY_AFTER,
+                name("ratelimit-limit"),
+                name("ratelimit-remaining"),
+                name("ratelimit-reset"),
+                name("ratelimit-policy"),
+                name("idempotent-replayed"),
+            ])
+            .allow_credentials(config.allow_credentials)
+            .max_age(Duration::from_secs(config.max_age_secs)),
+    )
+}
+
+/// Serves the API on `listener` and the operational endpoints on `ops_listener` until
+/// `shutdown` fires, then drains in-flight requests and flushes.
 pub async fn serve(
     config: Config,
     listener: TcpListener,
+    ops_listener: TcpListener,
     shutdown: Shutdown,
 ) -> anyhow::Result<()> {
-    let (router, producer) = build(&config, &shutdown)?;
+    let built = build(&config, &shutdown)?;
     let addr = listener.local_addr()?;
-    tracing::info!(%addr, "gateway listening");
+    let ops_addr = ops_listener.local_addr()?;
+    tracing::info!(%addr, %ops_addr, "gateway listening (API, operational)");
     let limits = &config.gateway.http;
-    substrate_runtime::http::serve(
-        listener,
-        substrate_runtime::http::bounded(router, limits),
-        limits,
-        shutdown.token(),
-    )
-    .await
-    .context("HTTP server")?;
+    let token = shutdown.token();
+    shutdown.spawn("ops http", async move {
+        substrate_runtime::http::serve(
+            ops_listener,
+            built.ops,
+            &substrate_runtime::http::HttpLimits::default(),
+            token,
+        )
+        .await?;
+        Ok(())
+    });
+    let mut public = substrate_runtime::http::bounded(built.public, limits);
+    if let Some(cors) = cors(&config.gateway.cors) {
+        public = public.layer(cors);
+    }
+    let producer = built.producer;
+    substrate_runtime::http::serve(listener, public, limits, shutdown.token())
+        .await
+        .context("HTTP server")?;
     tracing::info!("HTTP server drained; flushing the producer");
     producer.close(shutdown.grace()).await;
     shutdown.drain().await;
     Ok(())
 }
 
-/// Binds `gateway.listen` and serves.
+/// Binds `gateway.listen` and `gateway.ops_listen` and serves.
 pub async fn run(config: Config, shutdown: Shutdown) -> anyhow::Result<()> {
     let listener = TcpListener::bind(&config.gateway.listen)
         .await
         .with_context(|| format!("binding {}", config.gateway.listen))?;
-    serve(config, listener, shutdown).await
+    let ops_listener = TcpListener::bind(&config.gateway.ops_listen)
+        .await
+        .with_context(|| format!("binding {}", config.gateway.ops_listen))?;
+    serve(config, listener, ops_listener, shutdown).await
 }

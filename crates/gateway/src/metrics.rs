@@ -12,7 +12,20 @@ pub const EVENTS_ACCEPTED: &str = "gateway_events_accepted_total";
 /// Counter: routes.yaml reloads by `result` (`applied`, `invalid`) and `file`.
 pub const ROUTES_RELOADS: &str = "gateway_routes_reloads_total";
 
+/// Counter: failed reads of the API key table (the last good table stays in use).
+pub const API_KEYS_REFRESH_FAILURES: &str = "gateway_api_keys_refresh_failures_total";
+/// Counter: requests answered from an idempotency record, by `route`.
+pub const IDEMPOTENT_REPLAYS: &str = "gateway_idempotent_replays_total";
+
 pub fn describe() {
+    metrics::describe_counter!(
+        API_KEYS_REFRESH_FAILURES,
+        "Failed reads of the API key table"
+    );
+    metrics::describe_counter!(
+        IDEMPOTENT_REPLAYS,
+        "Requests answered from an idempotency record, by route"
+    );
     metrics::describe_counter!(REQUESTS, "HTTP requests by route and status");
     metrics::describe_histogram!(REQUEST_SECONDS, "HTTP request duration by route");
     metrics::describe_counter!(REJECTED, "Rejected requests or batch items by reason");

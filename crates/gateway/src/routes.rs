@@ -12,6 +12,7 @@ use serde::Deserialize;
 use substrate_avro::{Catalog, TopicSchema};
 use substrate_runtime::Shutdown;
 
+use crate::limits::{RateLimitSpec, RouteLimits};
 use crate::metrics::ROUTES_RELOADS;
 
 /// Record fields the gateway fills itself when the schema has them.
@@ -19,19 +20,50 @@ pub const EVENT_ID_FIELD: &str = "event_id";
 pub const EVENT_TIME_FIELD: &str = "event_time";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
+#[serde(rename_all = "snake_case")]
 pub enum AuthMode {
-    /// A valid Bearer JWT is required.
+    /// A valid Bearer JWT of a signed-in user is required.
     Jwt,
+    /// An API key of a server-to-server source (`esctl keys create`) allowed on the route.
+    ApiKey,
     /// Anonymous ingest (no enrichment is possible).
     None,
+}
+
+impl AuthMode {
+    /// How the credential is presented, for error messages.
+    pub fn describe(self) -> &'static str {
+        match self {
+            Self::Jwt => "a user's JWT (Authorization: Bearer <jwt>)",
+            Self::ApiKey => "an API key (X-API-Key: esk_... or Authorization: Bearer esk_...)",
+            Self::None => "no credential",
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Jwt => "jwt",
+            Self::ApiKey => "api_key",
+            Self::None => "none",
+        }
+    }
 }
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RoutesFile {
     #[serde(default)]
+    defaults: Defaults,
+    #[serde(default)]
     routes: BTreeMap<String, RouteSpec>,
+}
+
+/// Settings of every route that does not set its own.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Defaults {
+    #[serde(default)]
+    rate_limit: Option<RateLimitSpec>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -46,6 +78,8 @@ struct RouteSpec {
     enrich: BTreeMap<String, String>,
     #[serde(default)]
     require: Vec<Requirement>,
+    #[serde(default)]
+    rate_limit: Option<RateLimitSpec>,
 }
 
 /// `field` must be present and non-null (when every `when` field equals its value).
@@ -68,6 +102,8 @@ pub struct Route {
     pub enrich: Vec<(String, String)>,
     pub require: Vec<Requirement>,
     pub schema: TopicSchema,
+    /// Events per principal and per route (counted by this gateway instance).
+    pub limits: Arc<RouteLimits>,
 }
 
 #[derive(Debug, Default)]
@@ -78,17 +114,42 @@ pub struct RouteTable {
 impl RouteTable {
     /// Parses and checks a routes file against the schema catalog.
     pub fn parse(text: &str, catalog: &Catalog) -> Result<Self, String> {
+        Self::parse_after(text, catalog, None)
+    }
+
+    /// Like [`parse`](Self::parse); a route whose rate limits did not change keeps its counters
+    /// from `previous`, so a reload does not hand out a fresh burst.
+    pub fn parse_after(
+        text: &str,
+        catalog: &Catalog,
+        previous: Option<&RouteTable>,
+    ) -> Result<Self, String> {
         let file: RoutesFile =
             serde_yaml::from_str(text).map_err(|e| format!("routes.yaml is not valid: {e}"))?;
+        if let Some(spec) = &file.defaults.rate_limit {
+            spec.check()
+                .map_err(|e| format!("defaults.rate_limit: {e}"))?;
+        }
         let mut routes = HashMap::new();
-        for (name, spec) in file.routes {
-            let route = Self::check(&name, spec, catalog)?;
+        for (name, mut spec) in file.routes {
+            if spec.rate_limit.is_none() {
+                spec.rate_limit = file.defaults.rate_limit.clone();
+            }
+            let kept = previous
+                .and_then(|table| table.get(&name))
+                .map(|route| route.limits.clone());
+            let route = Self::check(&name, spec, catalog, kept)?;
             routes.insert(name, Arc::new(route));
         }
         Ok(Self { routes })
     }
 
-    fn check(name: &str, spec: RouteSpec, catalog: &Catalog) -> Result<Route, String> {
+    fn check(
+        name: &str,
+        spec: RouteSpec,
+        catalog: &Catalog,
+        kept: Option<Arc<RouteLimits>>,
+    ) -> Result<Route, String> {
         let bad = |msg: String| format!("route `{name}`: {msg}");
         if name.is_empty()
             || !name
@@ -124,9 +185,36 @@ impl RouteTable {
         for field in spec.enrich.keys() {
             field_exists(field, "enrich field")?;
         }
-        if spec.auth == AuthMode::None && !spec.enrich.is_empty() {
+        if spec.auth != AuthMode::Jwt && !spec.enrich.is_empty() {
             return Err(bad("enrich needs auth: jwt".into()));
         }
+        // Identity fields are the token's to fill, or a trusted source's: never a client's.
+        for field in schema.identity_fields() {
+            let open = match spec.auth {
+                AuthMode::Jwt => !spec.enrich.contains_key(field),
+                AuthMode::None => true,
+                AuthMode::ApiKey => false,
+            };
+            if open {
+                return Err(bad(format!(
+                    "{} declares `{field}` as the poster's identity: with auth: {} a client \
+                     could set it; fill it from the token (enrich: {{{field}: <claim>}}) or use \
+                     auth: api_key",
+                    spec.topic,
+                    spec.auth.as_str()
+                )));
+            }
+        }
+        let limits = match &spec.rate_limit {
+            Some(limit) => {
+                limit.check().map_err(|e| bad(format!("rate_limit: {e}")))?;
+                match kept {
+                    Some(kept) if kept.spec.as_ref() == Some(limit) => kept,
+                    _ => Arc::new(RouteLimits::new(Some(limit.clone()))),
+                }
+            }
+            None => Arc::new(RouteLimits::new(None)),
+        };
         for req in &spec.require {
             field_exists(&req.field, "required field")?;
             for when in req.when.keys() {
@@ -142,6 +230,7 @@ impl RouteTable {
             enrich: spec.enrich.into_iter().collect(),
             require: spec.require,
             schema,
+            limits,
         })
     }
 
@@ -151,6 +240,10 @@ impl RouteTable {
 
     pub fn len(&self) -> usize {
         self.routes.len()
+    }
+
+    pub fn routes(&self) -> impl Iterator<Item = &Arc<Route>> {
+        self.routes.values()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -201,9 +294,10 @@ impl RouteStore {
         if *self.last_text.read().expect("routes text lock") == text {
             return;
         }
+        let previous = self.table();
         let parsed = Catalog::load(&self.avro_dir)
             .map_err(|e| e.to_string())
-            .and_then(|catalog| RouteTable::parse(&text, &catalog));
+            .and_then(|catalog| RouteTable::parse_after(&text, &catalog, Some(&previous)));
         match parsed {
             Ok(table) => {
                 tracing::info!(routes = table.len(), "routes.yaml reloaded");
@@ -283,6 +377,34 @@ mod tests {
         let message = table.get("message").unwrap();
         assert_eq!(message.topic, "public.user.message.events");
         assert_eq!(message.auth, AuthMode::Jwt);
+        assert_eq!(table.get("purchase").unwrap().auth, AuthMode::ApiKey);
+    }
+
+    #[test]
+    fn defaults_apply_and_unchanged_limits_survive_a_reload() {
+        let text = "defaults: {rate_limit: {principal: {per_second: 5}}}\n\
+                    routes:\n  a: {topic: public.commerce.purchase.events, event_type: a.b, auth: api_key}\n  \
+                    b: {topic: public.commerce.purchase.events, event_type: a.b, auth: api_key, rate_limit: {route: {per_second: 9}}}\n";
+        let first = RouteTable::parse(text, &catalog()).unwrap();
+        let a = first.get("a").unwrap();
+        assert_eq!(
+            a.limits
+                .spec
+                .as_ref()
+                .and_then(|s| s.principal.as_ref())
+                .and_then(|r| r.per_second),
+            Some(5)
+        );
+        let b = first.get("b").unwrap();
+        assert!(
+            b.limits.spec.as_ref().unwrap().principal.is_none(),
+            "a route's own limit wins"
+        );
+        let second = RouteTable::parse_after(text, &catalog(), Some(&first)).unwrap();
+        assert!(Arc::ptr_eq(&a.limits, &second.get("a").unwrap().limits));
+        let changed = text.replace("per_second: 5", "per_second: 6");
+        let third = RouteTable::parse_after(&changed, &catalog(), Some(&second)).unwrap();
+        assert!(!Arc::ptr_eq(&a.limits, &third.get("a").unwrap().limits));
     }
 
     #[test]
@@ -303,6 +425,30 @@ mod tests {
             ),
             ("routes: {x: {topic: public.user.message.events, event_type: a.b, auth: maybe}}", "not valid"),
             ("routes: [", "not valid"),
+            (
+                "routes: {x: {topic: public.user.message.events, event_type: a.b, auth: jwt, enrich: {sender_id: sub}}}",
+                "declares `sender_email` as the poster's identity",
+            ),
+            (
+                "routes: {x: {topic: public.user.message.events, event_type: a.b, auth: none}}",
+                "with auth: none a client could set it",
+            ),
+            (
+                "routes: {x: {topic: public.commerce.purchase.events, event_type: a.b, auth: jwt}}",
+                "declares `user`",
+            ),
+            (
+                "routes: {x: {topic: public.commerce.purchase.events, event_type: a.b, auth: api_key, enrich: {user: sub}}}",
+                "enrich needs auth: jwt",
+            ),
+            (
+                "routes: {x: {topic: public.commerce.purchase.events, event_type: a.b, auth: api_key, rate_limit: {principal: {per_second: 0}}}}",
+                "rate_limit: principal: the rate must be above 0",
+            ),
+            (
+                "defaults: {rate_limit: {}}\nroutes: {}",
+                "defaults.rate_limit",
+            ),
         ];
         for (text, fragment) in cases {
             let err = RouteTable::parse(text, &catalog()).unwrap_err();

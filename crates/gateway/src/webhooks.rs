@@ -138,6 +138,12 @@ async fn handle_login(app: &App, headers: &HeaderMap, body: Body) -> Result<Resp
         "provider": provider,
         "last_sign_in_at": signed_in_at,
     });
+    if let Some(field) = nul_field(&event) {
+        return Err(ApiError::invalid_field(
+            field,
+            "contains a NUL character (\\u0000), which text in the platform's stores cannot hold",
+        ));
+    }
     let schema = app.login_schema.as_ref().ok_or_else(|| {
         ApiError::new(
             StatusCode::INTERNAL_SERVER_ERROR,
@@ -158,9 +164,38 @@ async fn handle_login(app: &App, headers: &HeaderMap, body: Body) -> Result<Resp
     Ok((StatusCode::ACCEPTED, Json(json!({"event_id": event_id}))).into_response())
 }
 
+/// The record field behind the first text of a login event that holds a NUL character, which
+/// PostgreSQL's `text` refuses: refused here, as on the event routes, rather than stored and
+/// then dead-lettered by the writer.
+fn nul_field(event: &Json_) -> Option<&'static str> {
+    [
+        ("email", "record.email"),
+        ("provider", "record.raw_app_meta_data.provider"),
+        ("last_sign_in_at", "record.last_sign_in_at"),
+    ]
+    .into_iter()
+    .find(|(name, _)| event[*name].as_str().is_some_and(|s| s.contains('\0')))
+    .map(|(_, field)| field)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn nul_characters_in_login_events_are_found() {
+        let event = |email: &str, provider: &str| json!({"email": email, "provider": provider, "last_sign_in_at": "2026-01-01T00:00:00Z"});
+        assert_eq!(nul_field(&event("a@example.com", "email")), None);
+        assert_eq!(
+            nul_field(&event("a\u{0}@example.com", "email")),
+            Some("record.email")
+        );
+        assert_eq!(
+            nul_field(&event("a@example.com", "\u{0}")),
+            Some("record.raw_app_meta_data.provider")
+        );
+        assert_eq!(nul_field(&json!({"email": null, "provider": 5})), None);
+    }
 
     #[test]
     fn secret_comparison() {

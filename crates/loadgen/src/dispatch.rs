@@ -1,7 +1,9 @@
 //! dispatcher throughput: N signed-webhook requests are produced to a fresh requests topic, then
 //! a dispatcher process (the release binary, with the stack's settings and its own group and
 //! topic) delivers them to a local receiver; deliveries/s is timed at the receiver from the first
-//! to the last request, and the audit rows are counted afterwards.
+//! to the last request, and the audit rows are counted afterwards. The action's URL and signing
+//! secret are sealed first, as `esctl rules save` does, so every request is resolved as in
+//! production (one database read, then the dispatcher's cache).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -22,6 +24,9 @@ pub struct Args {
     dispatcher_bin: std::path::PathBuf,
     #[arg(long, env = "DATABASE_URL")]
     database_url: String,
+    /// The keys the dispatcher opens sealed secrets with (the stack's).
+    #[arg(long, env = "SUBSTRATE_SECRETS__KEYS", hide_env_values = true)]
+    secrets_keys: String,
     #[arg(long, default_value_t = 50_000)]
     requests: u64,
     #[arg(long, default_value_t = 6)]
@@ -74,7 +79,35 @@ pub async fn run(mut args: Args) -> anyhow::Result<()> {
     tokio::spawn(async move { axum::serve(listener, app).await });
 
     let rule_id = Uuid::new_v4();
-    let action = json!({"type": "webhook", "url": url, "secrets": ["whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"]}).to_string();
+    let full: substrate_rules::Action = serde_json::from_value(
+        json!({"type": "webhook", "url": url, "secrets": ["whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"]}),
+    )?;
+    let (public, secret) = full.split();
+    let keyring = substrate_secrets::SecretsConfig {
+        keys: args
+            .secrets_keys
+            .split(',')
+            .map(|k| k.trim().to_string())
+            .collect(),
+        active_key_id: None,
+    }
+    .keyring("secrets")?;
+    let db =
+        substrate_db::connect_one(&substrate_db::DbConfig::from_url(&args.database_url)).await?;
+    substrate_db::secrets::insert(
+        &db,
+        &[substrate_db::secrets::ActionSecretRow {
+            rule_id,
+            rule_version: 1,
+            action_index: 0,
+            sealed: keyring.seal(
+                &secret.expect("a webhook has a secret").to_bytes(),
+                &substrate_secrets::action_aad(&rule_id, 1, 0),
+            ),
+        }],
+    )
+    .await?;
+    let action = serde_json::to_string(&public)?;
     let trace = TraceParent::new_root();
     let started = Instant::now();
     let mut sender = crate::Sender::new(&crate::TopicTarget {
@@ -139,9 +172,6 @@ pub async fn run(mut args: Args) -> anyhow::Result<()> {
     }
     let _ = tokio::time::timeout(Duration::from_secs(30), child.wait()).await;
 
-    let (db, connection) =
-        tokio_postgres::connect(&args.database_url, tokio_postgres::NoTls).await?;
-    tokio::spawn(connection);
     let rows: i64 = db
         .query_one(
             "SELECT count(*) FROM public.dispatch_attempts WHERE rule_id = $1",

@@ -175,9 +175,8 @@ async fn one(
 }
 
 pub async fn run(args: Args) -> anyhow::Result<()> {
-    let (db, connection) =
-        tokio_postgres::connect(&args.database_url, tokio_postgres::NoTls).await?;
-    tokio::spawn(connection);
+    let db =
+        substrate_db::connect_one(&substrate_db::DbConfig::from_url(&args.database_url)).await?;
     let watcher = Arc::new(Watcher {
         waiters: Arc::default(),
         early: Arc::default(),

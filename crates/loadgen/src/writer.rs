@@ -28,9 +28,8 @@ pub struct Args {
 
 pub async fn run(args: Args) -> anyhow::Result<()> {
     let (schema, registry) = args.target.open()?;
-    let (db, connection) =
-        tokio_postgres::connect(&args.database_url, tokio_postgres::NoTls).await?;
-    tokio::spawn(connection);
+    let db =
+        substrate_db::connect_one(&substrate_db::DbConfig::from_url(&args.database_url)).await?;
     let marker = format!("loadgen-{}", Uuid::new_v4().simple());
     let sender = Uuid::new_v4();
     let trace = TraceParent::new_root();

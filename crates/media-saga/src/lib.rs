@@ -131,7 +131,10 @@ pub async fn serve(
         .route("/webhooks/media-upload", post(webhooks::s3_event))
         .route("/webhooks/file-ready", post(webhooks::s3_event))
         .with_state(engine.clone())
-        .merge(ops::router(readiness));
+        .merge(ops::router(readiness))
+        // After every route: JSON errors instead of axum's empty 404 and 405.
+        .fallback(webhooks::not_found)
+        .method_not_allowed_fallback(webhooks::method_not_allowed);
     let token = shutdown.token();
     let limits = c.http.clone();
     shutdown.spawn("http", async move {

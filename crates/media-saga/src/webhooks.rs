@@ -5,13 +5,16 @@
 //! URL-encoded); the caller authenticates with `Authorization: Bearer <webhook_secret>` (MinIO's
 //! webhook `auth_token`). Records about other buckets, prefixes or unknown uploads are ignored
 //! and listed in the answer; a failure of the database, the registry or the broker answers 503
-//! so the sender retries.
+//! so the sender retries. Errors are JSON `{"error": {"code", "message"}}`, as the listener's
+//! load shedding answers; the body is read only from an authenticated caller, within
+//! `media_saga.http.body_read_timeout_ms` (then 408) and at most 2 MiB (then 413).
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::body::Bytes;
-use axum::extract::State;
-use axum::http::{header, HeaderMap, StatusCode};
+use axum::extract::{FromRequest, Request, State};
+use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde_json::{json, Value};
@@ -25,42 +28,96 @@ use crate::storage::parse_key;
 fn error(status: StatusCode, code: &str, message: impl Into<String>) -> Response {
     (
         status,
-        Json(json!({"error": code, "message": message.into()})),
+        Json(json!({"error": {"code": code, "message": message.into()}})),
     )
         .into_response()
 }
 
-/// `POST /webhooks/media-upload` and `POST /webhooks/file-ready` (one handler: the key's prefix
-/// says which object it is).
-pub async fn s3_event(
-    State(engine): State<Arc<Engine>>,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Response {
-    notification(&engine, &headers, &body).await
+/// An answer that leaves the request's body unread says that the connection closes: hyper
+/// ends such a connection, and a client that sent its next request on it would get no answer.
+fn closing(mut response: Response) -> Response {
+    response
+        .headers_mut()
+        .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    response
 }
 
-async fn notification(engine: &Engine, headers: &HeaderMap, body: &[u8]) -> Response {
+/// The listener's answer to a path it does not serve (axum's own 404 has no body).
+pub async fn not_found() -> Response {
+    closing(error(
+        StatusCode::NOT_FOUND,
+        "not_found",
+        "no such endpoint",
+    ))
+}
+
+/// The listener's answer to a method a path does not take (axum keeps the `Allow` header).
+pub async fn method_not_allowed() -> Response {
+    closing(error(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        "this endpoint does not take this method (see the Allow header)",
+    ))
+}
+
+/// `POST /webhooks/media-upload` and `POST /webhooks/file-ready` (one handler: the key's prefix
+/// says which object it is).
+pub async fn s3_event(State(engine): State<Arc<Engine>>, request: Request) -> Response {
+    notification(&engine, request).await
+}
+
+/// The body within `timeout` and axum's default body limit (2 MiB), or the JSON answer why not
+/// (which closes the connection: the rest of the body is not read).
+async fn read_body(request: Request, timeout: Duration) -> Result<Bytes, Response> {
+    match tokio::time::timeout(timeout, Bytes::from_request(request, &())).await {
+        Ok(Ok(body)) => Ok(body),
+        Ok(Err(rejection)) => {
+            let status = rejection.status();
+            let code = if status == StatusCode::PAYLOAD_TOO_LARGE {
+                "payload_too_large"
+            } else {
+                "body_unreadable"
+            };
+            Err(closing(error(status, code, rejection.body_text())))
+        }
+        Err(_) => Err(closing(error(
+            StatusCode::REQUEST_TIMEOUT,
+            "body_timeout",
+            format!(
+                "the body was not received within {} ms",
+                timeout.as_millis()
+            ),
+        ))),
+    }
+}
+
+async fn notification(engine: &Engine, request: Request) -> Response {
     let Some(secret) = engine.config.webhook_secret.as_deref() else {
-        return error(
+        return closing(error(
             StatusCode::SERVICE_UNAVAILABLE,
             "webhooks_disabled",
             "media_saga.webhook_secret is not set",
-        );
+        ));
     };
-    let given = headers
+    let given = request
+        .headers()
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
         .unwrap_or_default();
     if !bool::from(given.as_bytes().ct_eq(secret.as_bytes())) {
-        return error(
+        // Before the body is read: an unauthenticated caller cannot make the saga read it.
+        return closing(error(
             StatusCode::UNAUTHORIZED,
             "unauthorized",
             "missing or wrong `Authorization: Bearer` token",
-        );
+        ));
     }
-    let records = match parse_s3_event(body) {
+    let body = match read_body(request, engine.config.http.body_read_timeout()).await {
+        Ok(body) => body,
+        Err(refused) => return refused,
+    };
+    let records = match parse_s3_event(&body) {
         Ok(records) => records,
         Err(bad) => return bad.into_response(),
     };
@@ -251,7 +308,114 @@ fn decode_key(key: &str) -> String {
 
 #[cfg(test)]
 mod tests {
+    use axum::routing::post;
+    use axum::Router;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
     use super::*;
+
+    /// A listener with `read_body` (50 ms) behind `/read` and the JSON fallbacks.
+    async fn serve() -> std::net::SocketAddr {
+        let router = Router::new()
+            .route(
+                "/read",
+                post(|request: Request| async move {
+                    match read_body(request, Duration::from_millis(50)).await {
+                        Ok(body) => body.into_response(),
+                        Err(refused) => refused,
+                    }
+                }),
+            )
+            .fallback(not_found)
+            .method_not_allowed_fallback(method_not_allowed);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, router).await });
+        addr
+    }
+
+    async fn json_error(response: reqwest::Response) -> (u16, Value) {
+        assert_eq!(response.headers()["content-type"], "application/json");
+        let status = response.status().as_u16();
+        (status, response.json().await.unwrap())
+    }
+
+    /// A stalled body is answered 408 once the body-read timeout passes (before, only the
+    /// request timeout cut it off, with a 503), an oversized one 413 as JSON (axum's own 413 is
+    /// plain text).
+    #[tokio::test]
+    async fn bodies_are_read_within_the_timeout_and_the_limit() {
+        let addr = serve().await;
+        let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+        stream
+            .write_all(b"POST /read HTTP/1.1\r\nHost: saga\r\nContent-Length: 100\r\n\r\n{\"Rec")
+            .await
+            .unwrap();
+        let mut answer = Vec::new();
+        tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut answer))
+            .await
+            .expect("answered within the timeout")
+            .unwrap();
+        let answer = String::from_utf8_lossy(&answer);
+        assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+        assert!(answer.contains("connection: close"), "{answer}");
+        assert!(answer.contains(r#""code":"body_timeout""#), "{answer}");
+
+        let client = reqwest::Client::new();
+        let url = format!("http://{addr}/read");
+        let response = client
+            .post(&url)
+            .body(vec![b'a'; 3 << 20])
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.headers()["connection"], "close");
+        let (status, body) = json_error(response).await;
+        assert_eq!(
+            (status, &body["error"]["code"]),
+            (413, &json!("payload_too_large"))
+        );
+        let response = client.post(&url).body("{}").send().await.unwrap();
+        assert_eq!(response.text().await.unwrap(), "{}");
+    }
+
+    /// Errors have the shape of the listener's load shedding; unknown paths and methods too.
+    #[tokio::test]
+    async fn errors_unknown_paths_and_methods_are_json() {
+        let refused = BadEvent {
+            code: "invalid_json",
+            message: "no".into(),
+        }
+        .into_response();
+        assert_eq!(refused.status(), StatusCode::BAD_REQUEST);
+        let body = axum::body::to_bytes(refused.into_body(), usize::MAX)
+            .await
+            .unwrap();
+        let body: Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(
+            body,
+            json!({"error": {"code": "invalid_json", "message": "no"}})
+        );
+
+        let addr = serve().await;
+        let client = reqwest::Client::new();
+        for (method, path, expected) in [
+            (reqwest::Method::POST, "/nowhere", (404, "not_found")),
+            (reqwest::Method::GET, "/read", (405, "method_not_allowed")),
+        ] {
+            let response = client
+                .request(method, format!("http://{addr}{path}"))
+                .send()
+                .await
+                .unwrap();
+            if response.status() == 405 {
+                assert_eq!(response.headers()["allow"], "POST");
+            }
+            assert_eq!(response.headers()["connection"], "close");
+            let (status, body) = json_error(response).await;
+            assert_eq!((status, body["error"]["code"].as_str().unwrap()), expected);
+        }
+    }
 
     #[test]
     fn keys_are_decoded() {

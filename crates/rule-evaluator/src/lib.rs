@@ -72,7 +72,7 @@ pub async fn serve(
     tracing::info!(rules = n, "rules loaded");
     store::spawn_listener(
         store.clone(),
-        config.database.url.clone(),
+        config.database.clone(),
         Duration::from_secs(c.resync_secs),
         &shutdown,
     );

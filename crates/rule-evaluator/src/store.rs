@@ -10,7 +10,7 @@ use apache_avro::Schema;
 use futures::StreamExt;
 use substrate_db::rules::{load_enabled, RuleRow, RULES_CHANGED};
 use substrate_db::Pool;
-use substrate_rules::{parse_condition, Expr, RuleSet};
+use substrate_rules::{parse_condition, Expr, PublicAction, RuleSet};
 use substrate_runtime::Shutdown;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::AbortOnDropHandle;
@@ -26,7 +26,8 @@ pub struct RuleDef {
     pub version: i32,
     pub event_types: Vec<String>,
     pub condition: Expr,
-    /// Each action as JSON text, as it goes into dispatch requests.
+    /// Each action as JSON text, as it goes into dispatch requests: the public form, without
+    /// secrets (those are sealed in `substrate_private.action_secrets`).
     pub actions: Vec<String>,
 }
 
@@ -140,13 +141,27 @@ fn publish_versions(previous: &HashMap<String, i32>, loaded: &HashMap<String, i3
 
 fn parse(row: &RuleRow) -> Result<RuleDef, String> {
     let condition = parse_condition(&row.condition).map_err(|e| e.to_string())?;
-    let actions = row
+    let mut actions = Vec::new();
+    for (index, action) in row
         .actions
         .as_array()
         .ok_or("actions is not an array")?
         .iter()
-        .map(|a| a.to_string())
-        .collect();
+        .enumerate()
+    {
+        // Only the public form travels: an action with its secrets inline (saved before
+        // secrets were sealed, or written to the table directly) is not sent anywhere.
+        match PublicAction::parse(action) {
+            Ok((_, None)) => actions.push(action.to_string()),
+            Ok((_, Some(_))) => {
+                return Err(format!(
+                    "action {index} carries its secrets inline; seal them with `esctl migrate` \
+                     (with secrets.keys set) or save the rule again with esctl"
+                ))
+            }
+            Err(e) => return Err(format!("action {index}: {e}")),
+        }
+    }
     Ok(RuleDef {
         id: row.id,
         name: row.name.clone(),
@@ -161,14 +176,14 @@ fn parse(row: &RuleRow) -> Result<RuleDef, String> {
 /// plus a full reload every `resync`.
 pub fn spawn_listener(
     store: Arc<Store>,
-    database_url: String,
+    database: substrate_db::DbConfig,
     resync: Duration,
     lifecycle: &Shutdown,
 ) {
     let shutdown = lifecycle.token();
     lifecycle.spawn("rules listener", async move {
         while !shutdown.is_cancelled() {
-            if let Err(error) = listen(&store, &database_url, resync, &shutdown).await {
+            if let Err(error) = listen(&store, &database, resync, &shutdown).await {
                 tracing::warn!(%error, "rules listener lost its connection; reconnecting");
             }
             tokio::select! {
@@ -182,12 +197,13 @@ pub fn spawn_listener(
 
 async fn listen(
     store: &Store,
-    database_url: &str,
+    database: &substrate_db::DbConfig,
     resync: Duration,
     shutdown: &CancellationToken,
 ) -> anyhow::Result<()> {
-    let (client, mut connection) =
-        tokio_postgres::connect(database_url, tokio_postgres::NoTls).await?;
+    // The service's own settings (TLS included); a LISTEN connection is idle, so the statement
+    // timeout does not matter to it.
+    let (client, mut connection) = substrate_db::connect(database).await?;
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
     // Drives the connection; aborted when this function returns, however it returns.
     let _driver = AbortOnDropHandle::new(tokio::spawn(async move {

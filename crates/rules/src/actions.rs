@@ -1,6 +1,8 @@
 //! What a matching rule does: the action specs a rule carries (`actions` JSON array), checked when
 //! the rule is saved — known type, required settings, http(s) URLs, and `{{field}}` references in
 //! message templates that exist in the topic's schema. Delivery is the dispatcher's business.
+//! An `Action` holds its secrets (URLs, signing secrets, headers): it is the authoring form, and
+//! what is stored or sent is its split ([`crate::split`]). Its `Debug` shows no secret.
 
 use std::collections::BTreeMap;
 
@@ -10,7 +12,7 @@ use serde::{Deserialize, Serialize};
 use crate::schema::resolve;
 use crate::RuleError;
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
 pub enum Action {
     /// POST the event as JSON, signed per Standard Webhooks with each `whsec_` secret.
@@ -82,6 +84,17 @@ impl Action {
     }
 }
 
+impl std::fmt::Debug for Action {
+    /// Only what may be shown: URLs redacted, secrets and header values left out.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let (public, secret) = self.split();
+        match secret {
+            Some(secret) => write!(f, "{public:?} + {secret:?}"),
+            None => write!(f, "{public:?}"),
+        }
+    }
+}
+
 /// Parses and checks a rule's actions against the topic's schema.
 pub fn parse_actions(value: &serde_json::Value, schema: &Schema) -> Result<Vec<Action>, RuleError> {
     let items = value
@@ -149,11 +162,15 @@ pub fn parse_actions(value: &serde_json::Value, schema: &Schema) -> Result<Vec<A
     Ok(actions)
 }
 
+/// The URL may be a secret (Slack, Discord): the error does not repeat it.
 fn check_url(url: &str) -> Result<(), String> {
     if url.starts_with("https://") || url.starts_with("http://") {
         Ok(())
     } else {
-        Err(format!("`{url}` is not an http(s) URL"))
+        Err(format!(
+            "the URL is not an http(s) URL ({})",
+            substrate_secrets::redact_url(url)
+        ))
     }
 }
 

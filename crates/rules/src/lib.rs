@@ -1,7 +1,8 @@
 //! The rule language, pure and without I/O: conditions in a JSON form (also Zenith's
 //! `{"field","operator","value"}`) and a text form (`purchase.amount > 500 AND user.segment ==
 //! 'VIP'`), validated against a topic's Avro schema when a rule is saved, and compiled to a
-//! matcher that evaluates a decoded record without allocating.
+//! matcher that evaluates a decoded record without allocating; and the split of actions into
+//! what may be stored and sent, and the secrets that are sealed.
 
 pub mod actions;
 pub mod ast;
@@ -9,6 +10,7 @@ pub mod compile;
 pub mod names;
 pub mod ruleset;
 pub mod schema;
+pub mod split;
 pub mod text;
 
 pub use actions::{parse_actions, Action};
@@ -16,6 +18,7 @@ pub use ast::{Expr, Leaf, Op};
 pub use compile::{CeAttributes, Event, Matcher};
 pub use ruleset::RuleSet;
 pub use schema::FieldType;
+pub use split::{split_actions, ActionSecret, JoinError, PublicAction};
 
 /// Why a rule cannot be saved. Messages name the field, operator or column at fault.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

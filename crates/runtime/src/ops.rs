@@ -128,7 +128,8 @@ pub fn spawn(
     })
 }
 
-async fn healthz() -> Json<serde_json::Value> {
+/// `{"status": "ok"}` while the process serves (liveness).
+pub async fn healthz() -> Json<serde_json::Value> {
     Json(serde_json::json!({"status": "ok"}))
 }
 

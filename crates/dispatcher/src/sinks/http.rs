@@ -2,7 +2,8 @@
 //! a whole-request timeout (an action may set its own), the SSRF guard, a concurrency limit per
 //! endpoint (scheme, host, port) so a slow endpoint only ever occupies its own slots, bounds on
 //! how many requests may wait for one endpoint (beyond them the caller defers the request to a
-//! delay topic instead of holding it), and at most a few KiB read of any answer.
+//! delay topic instead of holding it), and at most a few KiB read of any answer. URLs may be
+//! secrets: no error or log here quotes one.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -252,8 +253,14 @@ impl HttpSink {
         };
         let url = match reqwest::Url::parse(url) {
             Ok(url) if matches!(url.scheme(), "http" | "https") => url,
-            Ok(url) => return permanent(format!("`{url}` is not an http(s) URL")),
-            Err(e) => return permanent(format!("`{url}` is not a URL: {e}")),
+            // The URL may be a secret: errors name only what is wrong with it.
+            Ok(url) => {
+                return permanent(format!(
+                    "the URL's scheme `{}` is not http(s)",
+                    url.scheme()
+                ))
+            }
+            Err(e) => return permanent(format!("the URL does not parse: {e}")),
         };
         if !self.allow_private {
             if let Err(reason) = ssrf::check_literal(&url) {
@@ -317,7 +324,8 @@ impl HttpSink {
                 let reason = if e.is_timeout() {
                     format!("timed out after {} ms", timeout.as_millis())
                 } else {
-                    error_chain(&e)
+                    // reqwest names the URL in its errors; the URL may be a secret.
+                    error_chain(&e.without_url())
                 };
                 if reason.contains(ssrf::REFUSED) {
                     permanent(reason)

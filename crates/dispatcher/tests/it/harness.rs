@@ -1,7 +1,9 @@
 //! A dispatcher with its own topics against the local stack, local HTTP receivers whose answers
-//! the test controls, and helpers to produce dispatch requests.
+//! the test controls, and helpers to produce dispatch requests. Requests carry the public part
+//! of their action, as the rule-evaluator writes them; the secret part is sealed into
+//! `substrate_private.action_secrets` with the stack's key first, as `esctl rules save` does.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -172,6 +174,8 @@ pub struct Setup {
     /// `max_in_flight` and `http.per_endpoint_queue`, when not the defaults.
     pub max_in_flight: Option<usize>,
     pub per_endpoint_queue: Option<usize>,
+    /// Rules whose action secret is sealed already.
+    sealed: Mutex<HashSet<Uuid>>,
 }
 
 impl Setup {
@@ -191,6 +195,7 @@ impl Setup {
             allow_private: true,
             max_in_flight: None,
             per_endpoint_queue: None,
+            sealed: Mutex::default(),
         };
         setup.stack.create_topic(&setup.requests_topic, 3).await;
         setup.stack.create_topic(&setup.dead_letter_topic, 1).await;
@@ -229,8 +234,13 @@ impl Setup {
 
     /// Runs the dispatcher in this process until the returned handle is stopped.
     pub async fn start(&self) -> Running {
+        self.start_with(&self.yaml()).await
+    }
+
+    /// Runs the dispatcher configured by `yaml` (a variant of [`Setup::yaml`]).
+    pub async fn start_with(&self, yaml: &str) -> Running {
         let config: dispatcher::Config =
-            substrate_runtime::config::load_config_from(dispatcher::config::DEFAULTS, &self.yaml())
+            substrate_runtime::config::load_config_from(dispatcher::config::DEFAULTS, yaml)
                 .unwrap();
         InProcess::start(|listener, shutdown| dispatcher::serve(config, listener, shutdown)).await
     }
@@ -246,6 +256,34 @@ impl Setup {
         request
     }
 
+    /// Sends the request's rule as it is: its secret is not sealed by [`Setup::seal`] (the test
+    /// stored something of its own, or nothing).
+    pub fn mark_sealed(&self, request: &Request) {
+        self.sealed.lock().unwrap().insert(request.rule_id);
+    }
+
+    /// Seals the secret of the request's (full) action, once per rule, as version 1, action 0
+    /// of its rule; requests that carry their secrets inline are left alone.
+    pub async fn seal(&self, request: &Request) {
+        if request.inline || self.sealed.lock().unwrap().contains(&request.rule_id) {
+            return;
+        }
+        let action: substrate_rules::Action =
+            serde_json::from_value(request.action.clone()).expect("a full action");
+        if let (_, Some(secret)) = action.split() {
+            let aad = substrate_secrets::action_aad(&request.rule_id, 1, 0);
+            let row = substrate_db::secrets::ActionSecretRow {
+                rule_id: request.rule_id,
+                rule_version: 1,
+                action_index: 0,
+                sealed: self.stack.keyring().seal(&secret.to_bytes(), &aad),
+            };
+            let db = self.stack.db().await;
+            substrate_db::secrets::insert(&db, &[row]).await.unwrap();
+        }
+        self.sealed.lock().unwrap().insert(request.rule_id);
+    }
+
     /// Produces many requests concurrently (in chunks), in the order given per key; returns
     /// where each landed (partition, offset), in the order of `requests`.
     pub async fn send_many(
@@ -257,6 +295,9 @@ impl Setup {
         let schema = catalog.get("internal.dispatch.requests").unwrap().clone();
         let registry = self.stack.registry();
         let mut positions = Vec::with_capacity(requests.len());
+        for request in requests {
+            self.seal(request).await;
+        }
         for chunk in requests.chunks(500) {
             let mut encoded = Vec::with_capacity(chunk.len());
             for request in chunk {
@@ -296,6 +337,7 @@ impl Setup {
     }
 
     pub async fn send_request(&self, producer: &FutureProducer, request: &Request) {
+        self.seal(request).await;
         let value = self
             .stack
             .registry()
@@ -488,7 +530,7 @@ fn request_avro_with(
             "rule_name": "test-rule",
             "rule_version": 1,
             "action_index": 0,
-            "action": request.action.to_string(),
+            "action": request.wire_action().to_string(),
             "payload": request.payload.to_string(),
             "traceparent": null,
         }))
@@ -499,9 +541,13 @@ fn request_avro_with(
 pub struct Request {
     pub request_id: Uuid,
     pub event_id: String,
+    /// The same for every request of one action (its secret is sealed once).
     pub rule_id: Uuid,
+    /// The full action, secrets included (what an operator saves).
     pub action: Value,
     pub payload: Value,
+    /// Send the full action, as records written before secrets were sealed did.
+    pub inline: bool,
 }
 
 impl Request {
@@ -509,10 +555,21 @@ impl Request {
         Self {
             request_id: Uuid::new_v4(),
             event_id: Uuid::now_v7().to_string(),
-            rule_id: Uuid::new_v4(),
+            rule_id: Uuid::new_v5(&Uuid::NAMESPACE_OID, action.to_string().as_bytes()),
             action,
             payload,
+            inline: false,
         }
+    }
+
+    /// The action as the record carries it: the public part (or the full action, `inline`).
+    pub fn wire_action(&self) -> Value {
+        if self.inline {
+            return self.action.clone();
+        }
+        let action: substrate_rules::Action =
+            serde_json::from_value(self.action.clone()).expect("a full action");
+        serde_json::to_value(action.split().0).unwrap()
     }
 }
 

@@ -1,9 +1,11 @@
 //! The dispatcher against the local stack (Kafka, registry, Postgres, S3) with real HTTP
 //! receivers: every sink, Standard Webhooks signatures checked by an independent implementation,
 //! retries through delay topics into the dead letter and back by replay, 410, isolation of a
-//! hanging endpoint, the SSRF guard, and ten SIGKILLs mid-stream.
+//! hanging endpoint, the SSRF guard, secrets resolved from Postgres (and what happens when they
+//! cannot be), and ten SIGKILLs mid-stream.
 
 mod harness;
+mod secrets;
 
 use std::collections::{HashMap, HashSet};
 use std::io::Write;
@@ -431,13 +433,16 @@ async fn gone_disables_the_endpoint_until_an_operator_enables_it() {
     .await
     .unwrap();
     assert_eq!(rows, vec![(1, "disabled".into(), Some(410))]);
+    // Known by the hash of its URL and shown redacted: the URL itself is nowhere.
     let endpoints = esctl(&setup, &["endpoints", "list"]);
+    let shown = substrate_secrets::redact_url(&url);
     assert!(
-        endpoints
-            .lines()
-            .any(|l| l.contains(&url) && l.contains("\"disabled\":true")),
+        endpoints.lines().any(|l| l.contains(&shown)
+            && l.contains(&substrate_secrets::url_hash(&url))
+            && l.contains("\"disabled\":true")),
         "{endpoints}"
     );
+    assert!(!endpoints.contains(&url), "{endpoints}");
 
     // The next request is not sent; it waits in the dead letter.
     receiver.answer(Answer::Status(200));

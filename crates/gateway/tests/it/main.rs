@@ -27,17 +27,18 @@ async fn sigterm_drains_in_flight_requests_and_loses_no_accepted_event() {
     stack.registry().register(&topic, &schema).await.unwrap();
     std::fs::write(
         dir.join("routes.yaml"),
-        format!("routes:\n  drain:\n    topic: {topic}\n    event_type: test.drain\n    auth: jwt\n    key_field: sender_id\n    enrich:\n      sender_id: sub\n"),
+        format!("routes:\n  drain:\n    topic: {topic}\n    event_type: test.drain\n    auth: jwt\n    key_field: sender_id\n    enrich:\n      sender_id: sub\n      sender_email: email\n"),
     )
     .unwrap();
-    let port = {
+    let free_port = || {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         l.local_addr().unwrap().port()
     };
+    let (port, ops_port) = (free_port(), free_port());
     std::fs::write(
         dir.join("gateway.yaml"),
         format!(
-            "gateway:\n  listen: 127.0.0.1:{port}\n  routes_file: {routes}\n  avro_dir: {avro}\n\
+            "gateway:\n  listen: 127.0.0.1:{port}\n  ops_listen: 127.0.0.1:{ops_port}\n  routes_file: {routes}\n  avro_dir: {avro}\n\
              kafka:\n  bootstrap_servers: {kafka}\n\
              schema_registry:\n  url: {registry}\n\
              auth:\n  jwt_secret: {secret}\n",
@@ -61,7 +62,7 @@ async fn sigterm_drains_in_flight_requests_and_loses_no_accepted_event() {
     let client = reqwest::Client::new();
     let started = Instant::now();
     while client
-        .get(format!("{base}/readyz"))
+        .get(format!("http://127.0.0.1:{ops_port}/readyz"))
         .send()
         .await
         .map(|r| r.status() != 200)

@@ -2,7 +2,8 @@
 //! disable) are reloaded on their change notification (seen on the `rule_evaluator_rule_version`
 //! gauge within 10 s; the periodic resync is 10 minutes away) and apply from the next event,
 //! matching events become one dispatch request per action with stable ids, and every event
-//! reaches the unified stream. `kill` SIGKILLs the binary mid-stream.
+//! reaches the unified stream; actions travel without their secrets, and a rule whose secrets
+//! are inline is not evaluated. `kill` SIGKILLs the binary mid-stream.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -173,8 +174,38 @@ async fn rules_hot_reload_and_produce_dispatch_requests() {
     let shutdown = Shutdown::default();
     let evaluator = tokio::spawn(rule_evaluator::serve(config, listener, shutdown.clone()));
 
-    let db = stack.db().await;
+    let mut db = stack.db().await;
+    // A rule written to the table with its secrets inline (as before secrets were sealed) is
+    // not evaluated: its Slack URL must not travel in requests.
+    let slack_url = format!(
+        "https://hooks.slack.com/services/T/B/{}",
+        Uuid::new_v4().simple()
+    );
+    let inline = upsert(
+        &db,
+        &RuleRow {
+            id: Uuid::nil(),
+            name: unique("inline-secrets"),
+            enabled: true,
+            topics: vec![topic.clone()],
+            event_types: vec![],
+            condition: json!("user.segment == 'VIP'"),
+            condition_text: None,
+            actions: json!([{"type": "slack", "webhook_url": slack_url, "template": "inline"}]),
+            priority: 0,
+            version: 0,
+        },
+    )
+    .await
+    .unwrap();
     let name = unique("vip-purchase");
+    let actions: Vec<substrate_rules::Action> = serde_json::from_value(json!([
+        {"type": "slack", "webhook_url": slack_url, "template": "VIP spent {{purchase.amount}}"},
+        {"type": "s3", "bucket": "event-archive", "prefix": "vip"}
+    ]))
+    .unwrap();
+    let (public, sealed) = substrate_rules::split_actions(&actions);
+    let plaintexts: Vec<(i32, Vec<u8>)> = sealed.iter().map(|(i, s)| (*i, s.to_bytes())).collect();
     let mut rule = RuleRow {
         id: Uuid::nil(),
         name: name.clone(),
@@ -183,14 +214,13 @@ async fn rules_hot_reload_and_produce_dispatch_requests() {
         event_types: vec![],
         condition: json!("purchase.amount > 500 AND user.segment == 'VIP'"),
         condition_text: Some("purchase.amount > 500 AND user.segment == 'VIP'".into()),
-        actions: json!([
-            {"type": "slack", "webhook_url": "https://hooks.slack.com/services/T/B/X", "template": "VIP spent {{purchase.amount}}"},
-            {"type": "s3", "bucket": "event-archive", "prefix": "vip"}
-        ]),
+        actions: public,
         priority: 10,
         version: 0,
     };
-    let saved = upsert(&db, &rule).await.unwrap();
+    let saved = substrate_db::secrets::save_rule(&mut db, &rule, &plaintexts, &stack.keyring())
+        .await
+        .unwrap();
     assert_eq!(saved.version, 1);
 
     let producer: FutureProducer = stack.kafka().producer_config().create().unwrap();
@@ -232,6 +262,16 @@ async fn rules_hot_reload_and_produce_dispatch_requests() {
         assert_eq!(payload["purchase"]["amount"], 750.0);
         let action: Value = serde_json::from_str(request["action"].as_str().unwrap()).unwrap();
         assert!(action["type"] == "slack" || action["type"] == "s3");
+        if action["type"] == "slack" {
+            assert_eq!(
+                action["endpoint"],
+                substrate_secrets::redact_url(&slack_url)
+            );
+        }
+    }
+    for request in seen.values().flatten() {
+        assert_ne!(request["rule_id"], inline.id.to_string(), "{request}");
+        assert!(!request.to_string().contains("/services/"), "{request}");
     }
     assert!(
         !seen.contains_key(&regular),
@@ -295,7 +335,10 @@ async fn rules_hot_reload_and_produce_dispatch_requests() {
 
     shutdown.cancel();
     evaluator.await.unwrap().unwrap();
-    db.execute("DELETE FROM public.rules WHERE name = $1", &[&name])
-        .await
-        .unwrap();
+    db.execute(
+        "DELETE FROM public.rules WHERE name = $1 OR id = $2",
+        &[&name, &inline.id],
+    )
+    .await
+    .unwrap();
 }
