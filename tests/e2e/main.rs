@@ -15,6 +15,7 @@ mod hostile;
 mod media_credits;
 mod media_intents;
 mod media_saga;
+mod notifications;
 mod routes_reload;
 mod secrets;
 mod writer_dead_letter;

@@ -4,6 +4,7 @@
 
 pub mod api_keys;
 pub mod dispatch;
+pub mod feed;
 pub mod idempotency;
 pub mod media;
 pub mod migrate;

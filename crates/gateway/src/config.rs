@@ -30,6 +30,14 @@ gateway:
     max_age_secs: 600
 api_keys:
   refresh_secs: 2
+notifications:
+  poll_ms: 250
+  batch_rows: 1000
+  feed_buffer: 1024
+  client_buffer: 512
+  heartbeat_secs: 15
+  page_rows: 500
+  ticket_ttl_secs: 60
 media:
   topic_prefix: ""
   bucket: media-uploads
@@ -77,6 +85,8 @@ pub struct Config {
     pub webhooks: WebhooksConfig,
     pub media: MediaConfig,
     pub api_keys: crate::keys::ApiKeysConfig,
+    /// The read API of notifications (stream, pages, read marks).
+    pub notifications: crate::feed::NotificationsConfig,
     /// Balances and files read by `GET /api/v1/credits` and `GET /api/v1/media/files`.
     pub database: substrate_db::DbConfig,
     /// The object store of media uploads; without it upload-complete answers 503.
@@ -246,6 +256,22 @@ impl Validate for Config {
         {
             return Err(ConfigError::invalid(
                 "api_keys.pepper",
+                "must be at least 32 characters",
+            ));
+        }
+        let n = &self.notifications;
+        substrate_runtime::config::require_positive(&[
+            ("notifications.poll_ms", n.poll_ms),
+            ("notifications.batch_rows", n.batch_rows.max(0) as u64),
+            ("notifications.feed_buffer", n.feed_buffer as u64),
+            ("notifications.client_buffer", n.client_buffer as u64),
+            ("notifications.heartbeat_secs", n.heartbeat_secs),
+            ("notifications.page_rows", n.page_rows.max(0) as u64),
+            ("notifications.ticket_ttl_secs", n.ticket_ttl_secs),
+        ])?;
+        if n.ticket_secret.as_deref().is_some_and(|s| s.len() < 32) {
+            return Err(ConfigError::invalid(
+                "notifications.ticket_secret",
                 "must be at least 32 characters",
             ));
         }

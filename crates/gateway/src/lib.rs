@@ -5,12 +5,14 @@
 pub mod auth;
 pub mod config;
 pub mod error;
+pub mod feed;
 pub mod idempotency;
 pub mod ingest;
 pub mod keys;
 pub mod limits;
 pub mod media;
 pub mod metrics;
+pub mod notifications;
 pub mod publish;
 pub mod routes;
 pub mod webhooks;
@@ -80,6 +82,8 @@ pub struct App {
     pub db: substrate_db::Pool,
     pub keys: Arc<keys::KeyStore>,
     pub idempotency: idempotency::Idempotency,
+    pub feed: Arc<feed::Feed>,
+    pub tickets: notifications::Tickets,
 }
 
 /// The gateway's routers: the public API and the operational endpoints.
@@ -145,6 +149,13 @@ pub fn build(config: &Config, shutdown: &Shutdown) -> anyhow::Result<Built> {
     };
     idempotency.spawn_purge(shutdown);
     spawn_limit_housekeeping(routes.clone(), shutdown);
+    let feed = feed::Feed::new(config.notifications.clone(), shutdown.token());
+    feed.clone()
+        .spawn(db.clone(), config.database.clone(), shutdown);
+    let tickets = notifications::Tickets::new(
+        config.notifications.ticket_secret.as_deref(),
+        Duration::from_secs(config.notifications.ticket_ttl_secs),
+    );
     let app = Arc::new(App {
         routes,
         verifier,
@@ -171,6 +182,8 @@ pub fn build(config: &Config, shutdown: &Shutdown) -> anyhow::Result<Built> {
         db: db.clone(),
         keys,
         idempotency,
+        feed,
+        tickets,
     });
     let readiness = Readiness::new()
         .with_check("kafka", producer.ready_check())
@@ -194,6 +207,11 @@ pub fn build(config: &Config, shutdown: &Shutdown) -> anyhow::Result<Built> {
             "/api/v1/media/upload-complete",
             post(media::upload_complete),
         )
+        .route("/api/v1/notifications", get(notifications::page))
+        .route("/api/v1/notifications/stream", get(notifications::stream))
+        .route("/api/v1/notifications/ticket", post(notifications::ticket))
+        .route("/api/v1/notifications/read", post(notifications::mark_read))
+        .route("/api/v1/notifications/unread", get(notifications::unread))
         .route("/api/v1/credits", get(media::credits))
         .route("/api/v1/media/files", get(media::files))
         // After every route: JSON errors instead of axum's empty 404 and 405.

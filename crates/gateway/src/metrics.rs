@@ -17,7 +17,19 @@ pub const API_KEYS_REFRESH_FAILURES: &str = "gateway_api_keys_refresh_failures_t
 /// Counter: requests answered from an idempotency record, by `route`.
 pub const IDEMPOTENT_REPLAYS: &str = "gateway_idempotent_replays_total";
 
+/// Counter: batches and rows the notification feed broadcast to this instance's streams.
+pub const FEED_BATCHES: &str = "gateway_notification_feed_batches_total";
+pub const FEED_ROWS: &str = "gateway_notification_feed_rows_total";
+/// Gauge: notification streams open on this instance.
+pub const STREAMS_OPEN: &str = "gateway_notification_streams_open";
+/// Counter: notification streams ended, by `reason` (`client_closed`, `slow_client`, `lagged`…).
+pub const STREAM_ENDS: &str = "gateway_notification_stream_ends_total";
+
 pub fn describe() {
+    metrics::describe_counter!(FEED_BATCHES, "Batches the notification feed broadcast");
+    metrics::describe_counter!(FEED_ROWS, "Rows the notification feed broadcast");
+    metrics::describe_gauge!(STREAMS_OPEN, "Notification streams open");
+    metrics::describe_counter!(STREAM_ENDS, "Notification streams ended, by reason");
     metrics::describe_counter!(
         API_KEYS_REFRESH_FAILURES,
         "Failed reads of the API key table"
