@@ -35,6 +35,11 @@ S3_PORT=8333
 S3_MASTER_PORT=8334
 S3_VOLUME_PORT=8335
 S3_FILER_PORT=8336
+# Ory Kratos (identity provider): public API (self-service flows, whoami), admin API, and the
+# loopback file server of the public JWK set of its tokenizer (the gateway's JWKS URL).
+KRATOS_PUBLIC_PORT=4433
+KRATOS_ADMIN_PORT=4434
+KRATOS_JWKS_PORT=4435
 S3_REGION=us-east-1
 S3_MEDIA_BUCKET=media-uploads
 S3_ARCHIVE_BUCKET=event-archive
@@ -45,6 +50,7 @@ KAFKA_READY_TIMEOUT="${KAFKA_READY_TIMEOUT:-90}"
 REGISTRY_READY_TIMEOUT="${REGISTRY_READY_TIMEOUT:-180}"
 SERVICE_READY_TIMEOUT="${SERVICE_READY_TIMEOUT:-90}"
 S3_READY_TIMEOUT="${S3_READY_TIMEOUT:-60}"
+KRATOS_READY_TIMEOUT="${KRATOS_READY_TIMEOUT:-60}"
 
 say()  { printf '[stack] %s\n' "$*"; }
 warn() { printf '[stack] WARNING: %s\n' "$*" >&2; }

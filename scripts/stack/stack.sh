@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Infra orchestration for the local stack: postgres -> kafka + registry + s3, plus .local/stack.env.
+# Infra orchestration for the local stack: postgres -> kafka + registry + s3 + kratos, plus .local/stack.env.
 # Usage: scripts/stack/stack.sh {install|start|stop|status|env|purge|logs NAME}
 # shellcheck source=scripts/stack/lib.sh source-path=SCRIPTDIR
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
@@ -13,6 +13,7 @@ install() {
   bash "$S/kafka.sh" install
   bash "$S/registry.sh" install
   bash "$S/s3.sh" install
+  bash "$S/kratos.sh" install
 }
 
 # The key that seals rule action secrets (AES-256-GCM, 32 random bytes), made once per machine
@@ -42,6 +43,7 @@ write_env() {
   db_ca=$(bash "$S/postgres.sh" ca-file)   # the CA of the server's TLS certificate
   local routes="${SUBSTRATE_ROUTES_FILE:-$ROOT/routes.yaml}"
   local s3="http://127.0.0.1:$S3_PORT"
+  local jwks="http://127.0.0.1:$KRATOS_JWKS_PORT/jwks.json"
   cat > "$STACK_ENV.tmp" <<EOF
 # Written by scripts/stack/stack.sh on every start; do not edit (edits are overwritten).
 GATEWAY_URL=http://127.0.0.1:$GATEWAY_PORT
@@ -61,10 +63,18 @@ S3_ACCESS_KEY_ID=$S3_ACCESS_KEY_ID
 S3_SECRET_ACCESS_KEY=$S3_SECRET_ACCESS_KEY
 S3_MEDIA_BUCKET=$S3_MEDIA_BUCKET
 S3_ARCHIVE_BUCKET=$S3_ARCHIVE_BUCKET
+KRATOS_PUBLIC_URL=http://127.0.0.1:$KRATOS_PUBLIC_PORT
+KRATOS_ADMIN_URL=http://127.0.0.1:$KRATOS_ADMIN_PORT
+KRATOS_JWKS_URL=$jwks
+KRATOS_TOKEN_TEMPLATE=gateway
+KRATOS_BIN=$(bash "$S/kratos.sh" bin)
+KRATOS_CONFIG=$(bash "$S/kratos.sh" config)
 SUBSTRATE_KAFKA__BOOTSTRAP_SERVERS=$kafka
 SUBSTRATE_SCHEMA_REGISTRY__URL=$sr
 SUBSTRATE_DATABASE__URL=$db
 SUBSTRATE_AUTH__JWT_SECRET=$JWT_SECRET
+# Kratos' tokenizer JWTs (ES256), beside the HS256 secret that esctl token and the tests use.
+SUBSTRATE_AUTH__JWKS_URL=$jwks
 SUBSTRATE_WEBHOOKS__LOGIN_SECRET=$LOGIN_WEBHOOK_SECRET
 SUBSTRATE_SECRETS__KEYS=$(secret SECRETS_KEYS)
 SUBSTRATE_GATEWAY__LISTEN=127.0.0.1:$GATEWAY_PORT
@@ -101,21 +111,25 @@ start() {
   install   # sequential: concurrent Maven runs could race on ~/.m2
   ensure_secrets   # before the parallel starts (s3.sh reads the S3 keys)
   bash "$S/postgres.sh" start
-  # kafka, registry (which only needs postgres) and s3 start in parallel
-  local kpid rpid spid krc=0 rrc=0 src=0
+  # kafka, registry and kratos (which only need postgres) and s3 start in parallel; kratos' login
+  # hook calls the gateway, which is needed only at login time
+  local kpid rpid spid xpid krc=0 rrc=0 src=0 xrc=0
   bash "$S/kafka.sh" start & kpid=$!
   bash "$S/registry.sh" start & rpid=$!
   bash "$S/s3.sh" start & spid=$!
+  bash "$S/kratos.sh" start & xpid=$!
   wait "$kpid" || krc=$?
   wait "$rpid" || rrc=$?
   wait "$spid" || src=$?
-  (( krc == 0 && rrc == 0 && src == 0 )) || exit 1
+  wait "$xpid" || xrc=$?
+  (( krc == 0 && rrc == 0 && src == 0 && xrc == 0 )) || exit 1
   write_env
   say "infra up in $(( SECONDS - t0 ))s"
 }
 
 stop() {
-  # reverse order; registry before postgres (it holds a connection pool)
+  # reverse order; registry and kratos before postgres (they hold connection pools)
+  bash "$S/kratos.sh" stop
   bash "$S/registry.sh" stop
   bash "$S/s3.sh" stop
   bash "$S/kafka.sh" stop
@@ -127,6 +141,7 @@ status() {
   bash "$S/kafka.sh" status
   bash "$S/registry.sh" status
   bash "$S/s3.sh" status
+  bash "$S/kratos.sh" status
 }
 
 purge() {
@@ -143,8 +158,8 @@ purge() {
 logs() {
   local name=${1:-}
   case "$name" in
-    kafka|registry|postgres|s3|gateway|notification-writer|rule-evaluator|dispatcher) ;;
-    *) die "unknown component '$name' (kafka, registry, postgres, s3, gateway, notification-writer, rule-evaluator, dispatcher)" ;;
+    kafka|registry|postgres|s3|kratos|kratos-jwks|gateway|notification-writer|rule-evaluator|dispatcher|media-saga) ;;
+    *) die "unknown component '$name' (kafka, registry, postgres, s3, kratos, kratos-jwks, gateway, notification-writer, rule-evaluator, dispatcher, media-saga)" ;;
   esac
   local f
   f=$(logfile "$name")

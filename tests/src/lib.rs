@@ -370,6 +370,14 @@ impl Stack {
     }
 }
 
+/// One setting of the running stack: `key` from the environment, else from `.local/stack.env`
+/// (for settings [`Stack`] does not carry, e.g. `KRATOS_PUBLIC_URL`).
+pub fn stack_setting(key: &str) -> Option<String> {
+    std::env::var(key)
+        .ok()
+        .or_else(|| read_dotenv(&repo_root().join(".local/stack.env")).remove(key))
+}
+
 fn read_dotenv(path: &Path) -> HashMap<String, String> {
     std::fs::read_to_string(path)
         .unwrap_or_default()
