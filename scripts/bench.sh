@@ -52,6 +52,10 @@ SKIP_BUILD=1 bash scripts/stack/services.sh start >/dev/null 2>&1
 wait "$loadgen_pid"
 cat "$out"
 rm -f "$out"
+echo "== notification stream (post → the gateway's SSE stream; then 1,000 idle streams for memory)"
+"$L" stream --rate 200 --duration 20s
+"$L" stream --rate 1000 --duration 20s
+"$L" stream --rate 10 --duration 5s --idle-streams 1000 --gateway-pid "$(head -n1 .local/run/gateway.pid)"
 echo "== media sagas (intent → upload_ready → PUT → upload-complete → confirmed, through gateway, media-saga, S3 and the notification-writer; before the ingest runs leave a backlog)"
 "$L" media --uploads 1000 --concurrency 8
 "$L" media --uploads 1000 --concurrency 32

@@ -44,8 +44,14 @@ pub struct NotificationsConfig {
     pub ticket_ttl_secs: u64,
 }
 
+/// A row as streams send it: serialized once per instance, not once per stream.
+pub struct Item {
+    pub row: FeedRow,
+    pub json: String,
+}
+
 /// A batch of final rows, in cursor order.
-pub type Batch = Arc<Vec<Arc<FeedRow>>>;
+pub type Batch = Arc<Vec<Item>>;
 
 pub struct Feed {
     /// The cursor up to which rows have been broadcast; `None` until the first read.
@@ -106,9 +112,14 @@ impl Feed {
         let mut position = self.position.lock().expect("feed position lock");
         metrics::counter!(FEED_BATCHES).increment(1);
         metrics::counter!(FEED_ROWS).increment(rows.len() as u64);
-        let _ = self
-            .sender
-            .send(Arc::new(rows.into_iter().map(Arc::new).collect()));
+        let items = rows
+            .into_iter()
+            .map(|row| Item {
+                json: serde_json::to_string(&row).unwrap_or_default(),
+                row,
+            })
+            .collect();
+        let _ = self.sender.send(Arc::new(items));
         *position = Some(last);
     }
 

@@ -226,11 +226,15 @@ pub struct StreamQuery {
 }
 
 fn event(row: &FeedRow) -> Event {
+    let json = serde_json::to_string(row).unwrap_or_default();
+    event_of(row, &json)
+}
+
+fn event_of(row: &FeedRow, json: &str) -> Event {
     Event::default()
         .id(row.cursor.to_string())
         .event("notification")
-        .json_data(row)
-        .unwrap_or_else(|_| Event::default().comment("unencodable row"))
+        .data(json)
 }
 
 /// Why a stream ended, for the metric.
@@ -346,11 +350,12 @@ async fn follow(
             _ = sender.closed() => return "client_closed",
             received = live.recv() => match received {
                 Ok(batch) => {
-                    for row in batch.iter() {
+                    for item in batch.iter() {
+                        let row = &item.row;
                         if row.cursor <= last || !row.visible_to(user) {
                             continue;
                         }
-                        match sender.try_send(event(row)) {
+                        match sender.try_send(event_of(row, &item.json)) {
                             Ok(()) => last = row.cursor,
                             Err(mpsc::error::TrySendError::Full(_)) => return "slow_client",
                             Err(mpsc::error::TrySendError::Closed(_)) => return "client_closed",

@@ -3,7 +3,7 @@
 //! latency percentiles; `raw` produces the same Avro payload straight to the broker with the
 //! same producer settings, giving the ceiling; `writer` measures the notification-writer's
 //! rows/s on a backlog; `rules` and `dispatch` time the rule-evaluator and the dispatcher;
-//! `media` runs upload sagas end to end.
+//! `media` runs upload sagas end to end; `stream` times post → notification stream.
 //! Only loopback targets; every run is bounded in time or count.
 
 mod dispatch;
@@ -11,6 +11,7 @@ mod http;
 mod media;
 mod raw;
 mod rules;
+mod stream;
 mod writer;
 
 use std::time::Duration;
@@ -39,6 +40,8 @@ enum Command {
     Dispatch(dispatch::Args),
     /// Run upload sagas through the gateway, media-saga and the notification-writer.
     Media(media::Args),
+    /// Time posted messages until they arrive on a notification stream; memory per stream.
+    Stream(stream::Args),
 }
 
 #[tokio::main]
@@ -50,6 +53,7 @@ async fn main() -> anyhow::Result<()> {
         Command::Rules(args) => rules::run(args).await,
         Command::Dispatch(args) => dispatch::run(args).await,
         Command::Media(args) => media::run(args).await,
+        Command::Stream(args) => stream::run(args).await,
     }
 }
 
