@@ -331,11 +331,13 @@ async fn follow(
         };
         for row in &rows {
             // History is sent at the client's pace, but a client that stops reading is cut off.
-            if tokio::time::timeout(stall, sender.send(event(row)))
-                .await
-                .map_or(true, |sent| sent.is_err())
-            {
-                return "slow_or_gone";
+            tokio::select! {
+                _ = app.feed.closing().cancelled() => return "shutdown",
+                sent = tokio::time::timeout(stall, sender.send(event(row))) => {
+                    if sent.map_or(true, |sent| sent.is_err()) {
+                        return "slow_or_gone";
+                    }
+                }
             }
         }
         last = end;
