@@ -1,17 +1,9 @@
 //! The gateway's HTTP errors: a status and a JSON body `{"error": {"code", "message", "field"?}}`
 //! that names the problem. Every rejection is counted by reason.
 
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
-use std::task::Poll;
-
-use axum::body::{Body, Bytes};
-use axum::extract::Request;
-use axum::http::{header, HeaderValue, StatusCode};
-use axum::middleware::Next;
+use axum::http::{HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use futures::StreamExt;
 use serde::Serialize;
 
 use crate::metrics::REJECTED;
@@ -106,41 +98,6 @@ impl ApiError {
     }
 }
 
-/// Adds `Connection: close` to an answer that left the request's body unread.
-///
-/// hyper ends a connection whose request body was not read to its end (what is left cannot be
-/// told from the next request), but the answer does not say so: a client that sends its next
-/// request on that connection gets no answer at all. Refusals before or while reading the body
-/// (401, 404, 405, 408, 413, 415, 429, 503) therefore say that the connection closes.
-pub async fn close_if_body_unread(request: Request, next: Next) -> Response {
-    let headers = request.headers();
-    let declared = headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
-    if !headers.contains_key(header::TRANSFER_ENCODING) && declared.unwrap_or(0) == 0 {
-        return next.run(request).await;
-    }
-    let read_to_end = Arc::new(AtomicBool::new(false));
-    let (parts, body) = request.into_parts();
-    // Polled only once the body's last bytes were read.
-    let end = futures::stream::poll_fn({
-        let read_to_end = read_to_end.clone();
-        move |_| -> Poll<Option<Result<Bytes, axum::Error>>> {
-            read_to_end.store(true, Ordering::Relaxed);
-            Poll::Ready(None)
-        }
-    });
-    let body = Body::from_stream(body.into_data_stream().chain(end));
-    let mut response = next.run(Request::from_parts(parts, body)).await;
-    if !read_to_end.load(Ordering::Relaxed) {
-        response
-            .headers_mut()
-            .insert(header::CONNECTION, HeaderValue::from_static("close"));
-    }
-    response
-}
-
 /// The public router's answer to a path it does not serve (axum's own 404 has no body).
 pub async fn not_found() -> ApiError {
     ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint")
@@ -177,53 +134,15 @@ impl IntoResponse for ApiError {
 
 #[cfg(test)]
 mod tests {
+    use axum::body::Body;
+    use axum::extract::Request;
+    use axum::http::header;
     use axum::routing::post;
     use axum::Router;
     use http_body_util::BodyExt;
     use tower::ServiceExt;
 
     use super::*;
-
-    /// An answer that left a declared body unread closes the connection; one that read it, or
-    /// a request without a body, keeps it.
-    #[tokio::test]
-    async fn answers_that_leave_the_body_unread_close_the_connection() {
-        let router = Router::new()
-            .route(
-                "/read",
-                post(|body: Body| async move {
-                    axum::body::to_bytes(body, 1024).await.unwrap();
-                    StatusCode::BAD_REQUEST
-                }),
-            )
-            .route(
-                "/refuse",
-                post(|| async { StatusCode::UNAUTHORIZED }).get(|| async { "ok" }),
-            )
-            .layer(axum::middleware::from_fn(close_if_body_unread));
-        for (method, path, body, closes) in [
-            ("POST", "/read", "{}", false),
-            ("POST", "/refuse", "{}", true),
-            ("POST", "/refuse", "", false),
-            ("GET", "/refuse", "", false),
-        ] {
-            let request = Request::builder()
-                .method(method)
-                .uri(path)
-                .header(header::CONTENT_LENGTH, body.len())
-                .body(Body::from(body))
-                .unwrap();
-            let response = router.clone().oneshot(request).await.unwrap();
-            assert_eq!(
-                response
-                    .headers()
-                    .get(header::CONNECTION)
-                    .is_some_and(|v| v == "close"),
-                closes,
-                "{method} {path} {body:?}"
-            );
-        }
-    }
 
     /// What the public router's fallbacks answer: JSON errors, the 405 with its `Allow` header.
     #[tokio::test]

@@ -217,7 +217,6 @@ pub fn build(config: &Config, shutdown: &Shutdown) -> anyhow::Result<Built> {
         // After every route: JSON errors instead of axum's empty 404 and 405.
         .fallback(error::not_found)
         .method_not_allowed_fallback(error::method_not_allowed)
-        .layer(axum::middleware::from_fn(error::close_if_body_unread))
         .with_state(app);
     Ok(Built {
         public,

@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use axum::body::Bytes;
 use axum::extract::{FromRequest, Request, State};
-use axum::http::{header, HeaderValue, StatusCode};
+use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde_json::{json, Value};
@@ -33,31 +33,18 @@ fn error(status: StatusCode, code: &str, message: impl Into<String>) -> Response
         .into_response()
 }
 
-/// An answer that leaves the request's body unread says that the connection closes: hyper
-/// ends such a connection, and a client that sent its next request on it would get no answer.
-fn closing(mut response: Response) -> Response {
-    response
-        .headers_mut()
-        .insert(header::CONNECTION, HeaderValue::from_static("close"));
-    response
-}
-
 /// The listener's answer to a path it does not serve (axum's own 404 has no body).
 pub async fn not_found() -> Response {
-    closing(error(
-        StatusCode::NOT_FOUND,
-        "not_found",
-        "no such endpoint",
-    ))
+    error(StatusCode::NOT_FOUND, "not_found", "no such endpoint")
 }
 
 /// The listener's answer to a method a path does not take (axum keeps the `Allow` header).
 pub async fn method_not_allowed() -> Response {
-    closing(error(
+    error(
         StatusCode::METHOD_NOT_ALLOWED,
         "method_not_allowed",
         "this endpoint does not take this method (see the Allow header)",
-    ))
+    )
 }
 
 /// `POST /webhooks/media-upload` and `POST /webhooks/file-ready` (one handler: the key's prefix
@@ -78,26 +65,26 @@ async fn read_body(request: Request, timeout: Duration) -> Result<Bytes, Respons
             } else {
                 "body_unreadable"
             };
-            Err(closing(error(status, code, rejection.body_text())))
+            Err(error(status, code, rejection.body_text()))
         }
-        Err(_) => Err(closing(error(
+        Err(_) => Err(error(
             StatusCode::REQUEST_TIMEOUT,
             "body_timeout",
             format!(
                 "the body was not received within {} ms",
                 timeout.as_millis()
             ),
-        ))),
+        )),
     }
 }
 
 async fn notification(engine: &Engine, request: Request) -> Response {
     let Some(secret) = engine.config.webhook_secret.as_deref() else {
-        return closing(error(
+        return error(
             StatusCode::SERVICE_UNAVAILABLE,
             "webhooks_disabled",
             "media_saga.webhook_secret is not set",
-        ));
+        );
     };
     let given = request
         .headers()
@@ -107,11 +94,11 @@ async fn notification(engine: &Engine, request: Request) -> Response {
         .unwrap_or_default();
     if !bool::from(given.as_bytes().ct_eq(secret.as_bytes())) {
         // Before the body is read: an unauthenticated caller cannot make the saga read it.
-        return closing(error(
+        return error(
             StatusCode::UNAUTHORIZED,
             "unauthorized",
             "missing or wrong `Authorization: Bearer` token",
-        ));
+        );
     }
     let body = match read_body(request, engine.config.http.body_read_timeout()).await {
         Ok(body) => body,
@@ -328,6 +315,11 @@ mod tests {
             )
             .fallback(not_found)
             .method_not_allowed_fallback(method_not_allowed);
+        // As the service serves it: answers that leave a body unread close the connection.
+        let router = substrate_runtime::http::bounded(
+            router,
+            &substrate_runtime::http::HttpLimits::default(),
+        );
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         tokio::spawn(async move { axum::serve(listener, router).await });
@@ -411,7 +403,6 @@ mod tests {
             if response.status() == 405 {
                 assert_eq!(response.headers()["allow"], "POST");
             }
-            assert_eq!(response.headers()["connection"], "close");
             let (status, body) = json_error(response).await;
             assert_eq!((status, body["error"]["code"].as_str().unwrap()), expected);
         }

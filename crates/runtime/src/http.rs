@@ -101,21 +101,65 @@ impl HttpLimits {
     }
 }
 
-/// `router` behind the request timeout and the concurrency cap with load shedding.
+/// `router` behind the request timeout and the concurrency cap with load shedding; every answer
+/// that leaves the request's body unread (a refusal, a shed request) closes the connection.
 pub fn bounded(router: Router, limits: &HttpLimits) -> Router {
     let retry_after = limits.retry_after_secs;
-    router.layer(
-        ServiceBuilder::new()
-            .layer(HandleErrorLayer::new(move |error: BoxError| async move {
-                shed(&error, retry_after)
-            }))
-            .load_shed()
-            // One limit for the whole router (the plain layer would give each route its own).
-            .layer(GlobalConcurrencyLimitLayer::new(
-                limits.max_concurrent_requests,
-            ))
-            .timeout(Duration::from_millis(limits.request_timeout_ms)),
-    )
+    router
+        .layer(
+            ServiceBuilder::new()
+                .layer(HandleErrorLayer::new(move |error: BoxError| async move {
+                    shed(&error, retry_after)
+                }))
+                .load_shed()
+                // One limit for the whole router (the plain layer would give each route its own).
+                .layer(GlobalConcurrencyLimitLayer::new(
+                    limits.max_concurrent_requests,
+                ))
+                .timeout(Duration::from_millis(limits.request_timeout_ms)),
+        )
+        .layer(axum::middleware::from_fn(close_if_body_unread))
+}
+
+/// Adds `Connection: close` to an answer that left the request's body unread.
+///
+/// hyper ends a connection whose request body was not read to its end (what is left cannot be
+/// told from the next request), but the answer does not say so: a client that sends its next
+/// request on that connection gets no answer at all. Refusals before or while reading the body
+/// (401, 404, 405, 408, 413, 415, 429, 503) therefore say that the connection closes.
+pub async fn close_if_body_unread(
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let headers = request.headers();
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if !headers.contains_key(header::TRANSFER_ENCODING) && declared.unwrap_or(0) == 0 {
+        return next.run(request).await;
+    }
+    let read_to_end = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let (parts, body) = request.into_parts();
+    // Polled only once the body's last bytes were read.
+    let end = futures::stream::poll_fn({
+        let read_to_end = read_to_end.clone();
+        move |_| -> std::task::Poll<Option<Result<axum::body::Bytes, axum::Error>>> {
+            read_to_end.store(true, std::sync::atomic::Ordering::Relaxed);
+            std::task::Poll::Ready(None)
+        }
+    });
+    let body =
+        axum::body::Body::from_stream(futures::StreamExt::chain(body.into_data_stream(), end));
+    let mut response = next
+        .run(axum::extract::Request::from_parts(parts, body))
+        .await;
+    if !read_to_end.load(std::sync::atomic::Ordering::Relaxed) {
+        response
+            .headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
+    response
 }
 
 fn shed(error: &BoxError, retry_after: u64) -> Response {
@@ -183,4 +227,57 @@ pub async fn serve(
     drop(listener);
     graceful.shutdown().await;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use axum::body::Body;
+    use axum::extract::Request;
+    use axum::http::{header, StatusCode};
+    use axum::routing::post;
+    use axum::Router;
+    use tower::ServiceExt;
+
+    use super::*;
+
+    /// An answer that left a declared body unread closes the connection; one that read it, or
+    /// a request without a body, keeps it.
+    #[tokio::test]
+    async fn answers_that_leave_the_body_unread_close_the_connection() {
+        let router = Router::new()
+            .route(
+                "/read",
+                post(|body: Body| async move {
+                    axum::body::to_bytes(body, 1024).await.unwrap();
+                    StatusCode::BAD_REQUEST
+                }),
+            )
+            .route(
+                "/refuse",
+                post(|| async { StatusCode::UNAUTHORIZED }).get(|| async { "ok" }),
+            )
+            .layer(axum::middleware::from_fn(close_if_body_unread));
+        for (method, path, body, closes) in [
+            ("POST", "/read", "{}", false),
+            ("POST", "/refuse", "{}", true),
+            ("POST", "/refuse", "", false),
+            ("GET", "/refuse", "", false),
+        ] {
+            let request = Request::builder()
+                .method(method)
+                .uri(path)
+                .header(header::CONTENT_LENGTH, body.len())
+                .body(Body::from(body))
+                .unwrap();
+            let response = router.clone().oneshot(request).await.unwrap();
+            assert_eq!(
+                response
+                    .headers()
+                    .get(header::CONNECTION)
+                    .is_some_and(|v| v == "close"),
+                closes,
+                "{method} {path} {body:?}"
+            );
+        }
+    }
 }
