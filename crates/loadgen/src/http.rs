@@ -52,7 +52,12 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         matches!(host.host_str(), Some("127.0.0.1" | "localhost" | "[::1]")),
         "loadgen only targets loopback"
     );
-    let token = mint(&args)?;
+    let token = crate::mint_token(
+        &args.jwt_secret,
+        args.audience.as_deref(),
+        Uuid::new_v4(),
+        "load@example.com",
+    )?;
     let client = reqwest::Client::builder()
         .pool_max_idle_per_host(args.connections)
         .timeout(Duration::from_secs(10))
@@ -176,17 +181,4 @@ fn request_body(args: &Args) -> String {
     } else {
         event.to_string()
     }
-}
-
-fn mint(args: &Args) -> anyhow::Result<String> {
-    let now = chrono::Utc::now().timestamp();
-    let mut claims = json!({"sub": Uuid::new_v4(), "email": "load@example.com", "role": "authenticated", "iat": now, "exp": now + 3600});
-    if let Some(aud) = &args.audience {
-        claims["aud"] = json!(aud);
-    }
-    Ok(jsonwebtoken::encode(
-        &jsonwebtoken::Header::default(),
-        &claims,
-        &jsonwebtoken::EncodingKey::from_secret(args.jwt_secret.as_bytes()),
-    )?)
 }

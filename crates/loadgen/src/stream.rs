@@ -35,20 +35,6 @@ pub struct Args {
     gateway_pid: Option<u32>,
 }
 
-fn token(args: &Args, user: Uuid) -> anyhow::Result<String> {
-    let now = chrono::Utc::now().timestamp();
-    let mut claims = json!({"sub": user, "email": "bench@example.com", "role": "authenticated",
-                            "iat": now, "exp": now + 3600});
-    if let Some(aud) = &args.audience {
-        claims["aud"] = json!(aud);
-    }
-    Ok(jsonwebtoken::encode(
-        &jsonwebtoken::Header::default(),
-        &claims,
-        &jsonwebtoken::EncodingKey::from_secret(args.jwt_secret.as_bytes()),
-    )?)
-}
-
 fn rss_kib(pid: u32) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     status
@@ -83,7 +69,12 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         .pool_max_idle_per_host(0)
         .build()?;
     let user = Uuid::new_v4();
-    let token = token(&args, user)?;
+    let token = crate::mint_token(
+        &args.jwt_secret,
+        args.audience.as_deref(),
+        user,
+        "bench@example.com",
+    )?;
     let run_id = Uuid::new_v4().simple().to_string();
 
     // Idle streams first, for the memory of a stream.
