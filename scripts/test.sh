@@ -25,6 +25,15 @@ export SUBSTRATE_TEST_PYTHON="$PWD/$TEST_VENV/bin/python"
 # Benches are criterion binaries (not test harnesses): clippy --all-targets keeps them compiling.
 status=0
 cargo test --workspace --lib --bins --tests --no-fail-fast -- --test-threads="${TEST_THREADS:-4}" || status=$?
+# The web app in a real browser (Playwright driving Debian's chromium, installed when missing)
+# against the running stack; screenshots of the main screens land in web/test-results/screenshots.
+# SKIP_BROWSER=1 leaves them out.
+if [[ "${SKIP_BROWSER:-0}" != 1 ]]; then
+  echo "browser tests (web/tests, Playwright + chromium)" >&2
+  bash scripts/stack/web.sh browser
+  bash scripts/stack/web.sh build
+  (cd web && npx playwright test) || status=$?
+fi
 # Faults of shared components (PostgreSQL stopped for a minute, Kafka restarted under load) stop
 # parts of the stack the suite above relies on: they run afterwards, one at a time, and start what
 # they stopped again. SKIP_FAULTS=1 leaves them out (e.g. while iterating on one test).

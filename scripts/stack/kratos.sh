@@ -32,9 +32,10 @@ PRIVATE_JWKS="$KRATOS_DATA/private/jwks.json"   # ES256 signing key of the token
 PUBLIC_DIR="$KRATOS_DATA/public"                # served by kratos-jwks
 PUBLIC_JWKS="$PUBLIC_DIR/jwks.json"
 KRATOS_DB=kratos
-# The origin of a browser app using the browser flows (CORS, allowed return URLs); one host name
-# for app and Kratos (localhost and 127.0.0.1 are different sites for cookies).
-KRATOS_UI_URL="${KRATOS_UI_URL:-http://127.0.0.1:5173}"
+# The origin of the browser app using the browser flows (CORS, allowed return URLs): the web app
+# the gateway serves. One host name for app and Kratos (localhost and 127.0.0.1 are different
+# sites for cookies).
+KRATOS_UI_URL="${KRATOS_UI_URL:-http://127.0.0.1:$GATEWAY_PORT}"
 PUBLIC_URL="http://127.0.0.1:$KRATOS_PUBLIC_PORT"
 ADMIN_URL="http://127.0.0.1:$KRATOS_ADMIN_PORT"
 

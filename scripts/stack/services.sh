@@ -67,6 +67,8 @@ start() {
   load_env
   stop
   [[ "${SKIP_BUILD:-0}" == 1 ]] || build
+  # the web app the gateway serves (npm ci + vite build, each only when its inputs changed)
+  bash "$ROOT/scripts/stack/web.sh" build
   local name bin
   for bin in esctl "${SERVICES[@]}"; do
     [[ -x "$BIN_DIR/$bin" ]] || die "binary $BIN_DIR/$bin missing (cargo build failed or SKIP_BUILD=1 without a build)"
@@ -88,6 +90,7 @@ start() {
     url=$(ready_url "$name")
     wait_ready "$name" "$pid" "$SERVICE_READY_TIMEOUT" curl -sf -o /dev/null "$url"
   done
+  say "web app: open http://127.0.0.1:$GATEWAY_PORT/ (sign up with any e-mail and a password of 8+ characters)"
 }
 
 status() {

@@ -20,4 +20,5 @@ mod media_saga;
 mod notifications;
 mod routes_reload;
 mod secrets;
+mod web;
 mod writer_dead_letter;

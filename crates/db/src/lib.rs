@@ -3,6 +3,7 @@
 //! typed errors that say whether a retry can help.
 
 pub mod api_keys;
+pub mod directory;
 pub mod dispatch;
 pub mod feed;
 pub mod idempotency;

@@ -140,6 +140,9 @@ pub struct GatewayConfig {
     /// Timeouts and the cap on requests in progress (load shedding).
     #[serde(default)]
     pub http: HttpLimits,
+    /// The web app served on the public listener (off unless `root` is set).
+    #[serde(default)]
+    pub web: crate::web::WebConfig,
 }
 
 /// Cross-origin access for browser apps. Empty `allowed_origins`: no CORS headers at all
@@ -242,6 +245,7 @@ impl Validate for Config {
             ));
         }
         self.gateway.cors.check()?;
+        self.gateway.web.check()?;
         if self.gateway.idempotency_retention_secs == 0 {
             return Err(ConfigError::invalid(
                 "gateway.idempotency_retention_secs",

@@ -4,6 +4,7 @@
 
 pub mod auth;
 pub mod config;
+pub mod directory;
 pub mod error;
 pub mod feed;
 pub mod idempotency;
@@ -15,6 +16,7 @@ pub mod metrics;
 pub mod notifications;
 pub mod publish;
 pub mod routes;
+pub mod web;
 pub mod webhooks;
 
 use std::sync::Arc;
@@ -84,6 +86,8 @@ pub struct App {
     pub idempotency: idempotency::Idempotency,
     pub feed: Arc<feed::Feed>,
     pub tickets: notifications::Tickets,
+    /// The web app, when `gateway.web.root` is set.
+    pub web: Option<web::Web>,
 }
 
 /// The gateway's routers: the public API and the operational endpoints.
@@ -184,6 +188,7 @@ pub fn build(config: &Config, shutdown: &Shutdown) -> anyhow::Result<Built> {
         idempotency,
         feed,
         tickets,
+        web: web::Web::new(&config.gateway.web),
     });
     let readiness = Readiness::new()
         .with_check("kafka", producer.ready_check())
@@ -214,8 +219,9 @@ pub fn build(config: &Config, shutdown: &Shutdown) -> anyhow::Result<Built> {
         .route("/api/v1/notifications/unread", get(notifications::unread))
         .route("/api/v1/credits", get(media::credits))
         .route("/api/v1/media/files", get(media::files))
-        // After every route: JSON errors instead of axum's empty 404 and 405.
-        .fallback(error::not_found)
+        .route("/api/v1/users", get(directory::search))
+        // After every route: the web app's pages, or JSON errors instead of axum's empty 404.
+        .fallback(web::fallback)
         .method_not_allowed_fallback(error::method_not_allowed)
         .with_state(app);
     Ok(Built {

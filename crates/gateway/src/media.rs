@@ -103,7 +103,7 @@ async fn timed(
 }
 
 /// The caller's user id (the JWT's `sub`).
-async fn caller(app: &App, headers: &HeaderMap) -> Result<Uuid, ApiError> {
+pub(crate) async fn caller(app: &App, headers: &HeaderMap) -> Result<Uuid, ApiError> {
     let claims = app
         .verifier
         .verify_header(
@@ -120,7 +120,7 @@ async fn caller(app: &App, headers: &HeaderMap) -> Result<Uuid, ApiError> {
         .ok_or_else(|| ApiError::unauthorized("the token's `sub` is not a user id"))
 }
 
-fn db_unavailable(app: &App, error: impl std::fmt::Display) -> ApiError {
+pub(crate) fn db_unavailable(app: &App, error: impl std::fmt::Display) -> ApiError {
     tracing::warn!(%error, "database read failed");
     ApiError::unavailable(
         format!("the database did not answer: {error}"),
@@ -345,13 +345,15 @@ async fn accept(
                     ApiError::invalid_field("file_size", "must be a positive whole number of bytes")
                 })?;
             if file_size > media.config.max_file_bytes {
-                return Err(ApiError::invalid_field(
-                    "file_size",
+                return Err(ApiError::new(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "file_too_large",
                     format!(
                         "{file_size} bytes is over the limit of {} bytes",
                         media.config.max_file_bytes
                     ),
-                ));
+                )
+                .field("file_size"));
             }
             (
                 &media.upload_schema,
