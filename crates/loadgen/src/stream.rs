@@ -65,8 +65,13 @@ async fn open(
 }
 
 pub async fn run(args: Args) -> anyhow::Result<()> {
+    // Streams: a connection each (never pooled). Posts: keep-alive connections reused from a
+    // pool, as a browser or a backend posts.
     let client = reqwest::Client::builder()
         .pool_max_idle_per_host(0)
+        .build()?;
+    let posting = reqwest::Client::builder()
+        .pool_max_idle_per_host(256)
         .build()?;
     let user = Uuid::new_v4();
     let token = crate::mint_token(
@@ -91,6 +96,10 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
 
     let sent: Arc<Mutex<HashMap<u64, Instant>>> = Arc::default();
     let histogram = Arc::new(Mutex::new(Histogram::<u64>::new_with_bounds(
+        1, 60_000_000, 3,
+    )?));
+    // POST → 202 (the event is in Kafka): the first part of the path.
+    let acked = Arc::new(Mutex::new(Histogram::<u64>::new_with_bounds(
         1, 60_000_000, 3,
     )?));
     let response = open(&client, &args.url, &token).await?;
@@ -141,14 +150,16 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         ticker.tick().await;
         seq += 1;
         sent.lock().unwrap().insert(seq, Instant::now());
-        let (client, url, token, run_id, failed) = (
-            client.clone(),
+        let (client, url, token, run_id, failed, acked) = (
+            posting.clone(),
             args.url.clone(),
             token.clone(),
             run_id.clone(),
             failed.clone(),
+            acked.clone(),
         );
         posts.push(tokio::spawn(async move {
+            let at = Instant::now();
             let ok = client
                 .post(format!("{url}/api/v1/events/message"))
                 .bearer_auth(token)
@@ -156,7 +167,10 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
                 .send()
                 .await
                 .is_ok_and(|r| r.status() == 202);
-            if !ok {
+            if ok {
+                let micros = at.elapsed().as_micros() as u64;
+                acked.lock().unwrap().record(micros.max(1)).ok();
+            } else {
                 failed.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             }
         }));
@@ -184,6 +198,15 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         ms(0.9),
         ms(0.99),
         h.max() as f64 / 1000.0
+    );
+    let a = acked.lock().unwrap();
+    let ack = |q: f64| a.value_at_quantile(q) as f64 / 1000.0;
+    println!(
+        "post → 202 (in Kafka) ms:   p50 {:.1}  p90 {:.1}  p99 {:.1}  max {:.1}",
+        ack(0.5),
+        ack(0.9),
+        ack(0.99),
+        a.max() as f64 / 1000.0
     );
     if let (Some(before), Some(after)) = (before, after) {
         if args.idle_streams > 0 {
