@@ -40,7 +40,7 @@ build() {
   require_node
   deps
   local stamp="$WEB/dist/.substrate-stamp" want files
-  files=$(cd "$WEB" && find index.html src public vite.config.ts tsconfig.json package-lock.json -type f 2>/dev/null | sort)
+  files=$(cd "$WEB" && find index.html src vite.config.ts tsconfig.json package.json package-lock.json -type f | sort)
   # shellcheck disable=SC2086
   want=$(hash_of $files)
   if [[ -f "$stamp" && -f "$WEB/dist/index.html" && "$(cat "$stamp")" == "$want" ]]; then
