@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Build and test prerequisites a fresh Debian machine may lack, installed only when missing:
-# the C/C++ toolchain and headers librdkafka's cmake build needs (cmake, g++, libcurl, zlib,
+# the C/C++ toolchain and headers librdkafka's cmake build needs (cmake, g++, libcurl, OpenSSL, zlib,
 # pkg-config), curl (readiness probes), python3-venv (go-task, the S3 check and the Standard
 # Webhooks verifier run in venvs) and, for `lint`, rustfmt and clippy.
 # Usage: scripts/stack/prereqs.sh {build|lint}
@@ -22,7 +22,7 @@ build() {
   command -v make >/dev/null 2>&1 || missing+=(make)
   command -v curl >/dev/null 2>&1 || missing+=(curl)
   command -v pkg-config >/dev/null 2>&1 || missing+=(pkg-config)
-  for pkg in libcurl4-openssl-dev zlib1g-dev; do
+  for pkg in libcurl4-openssl-dev libssl-dev zlib1g-dev; do
     dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")
   done
   python3 -c 'import ensurepip' >/dev/null 2>&1 || missing+=(python3-venv)

@@ -111,16 +111,28 @@ fn compose_file_matches_the_repository() {
                 "{name}: {} missing",
                 dockerfile.display()
             );
-            let binary = build["args"]["SERVICE"]
-                .as_str()
-                .expect("SERVICE build arg");
+            // One image with every binary; the command names the service's binary.
+            assert_eq!(
+                service["image"].as_str(),
+                Some("event-substrate:local"),
+                "{name}: the one image"
+            );
+            let command = yaml_text(&service["command"]);
+            let first = service["command"][0].as_str().unwrap_or_default();
+            // `sh -c "esctl migrate && esctl provision"` for the one-shot provisioning.
+            let binary = if first == "sh" { "esctl" } else { first };
             assert!(
                 repo_root()
                     .join("crates")
                     .join(binary)
                     .join("src/main.rs")
                     .is_file(),
-                "{name}: SERVICE={binary} is not a binary of the workspace"
+                "{name}: command {command} does not run a binary of the workspace"
+            );
+            let dockerfile_text = std::fs::read_to_string(&dockerfile).unwrap();
+            assert!(
+                dockerfile_text.contains(&format!("/usr/local/bin/{binary}")),
+                "{name}: the Dockerfile does not install {binary}"
             );
         }
         for volume in service

@@ -178,6 +178,9 @@ impl DispatcherConfig {
 
 impl Validate for Config {
     fn validate(&self) -> Result<(), ConfigError> {
+        self.kafka
+            .check()
+            .map_err(|(key, message)| ConfigError::invalid(key, message))?;
         let c = &self.dispatcher;
         require_listen("dispatcher.listen", &c.listen)?;
         c.schedule()

@@ -36,8 +36,8 @@ enum Command {
     /// Create every topic of avro/**/*.avsc and topics.yaml and register each schema as
     /// subject `<topic>-value`. Idempotent.
     Provision {
-        #[arg(long, env = "SUBSTRATE_KAFKA__BOOTSTRAP_SERVERS")]
-        bootstrap_servers: String,
+        #[command(flatten)]
+        kafka: topics::KafkaArgs,
         #[arg(long, env = "SUBSTRATE_SCHEMA_REGISTRY__URL")]
         schema_registry_url: String,
         #[arg(long, default_value = "avro")]
@@ -121,13 +121,13 @@ async fn main() -> anyhow::Result<()> {
             }
         }
         Command::Provision {
-            bootstrap_servers,
+            kafka,
             schema_registry_url,
             avro_dir,
             topics_file,
         } => {
             provision::run(
-                &bootstrap_servers,
+                &kafka.config()?,
                 &schema_registry_url,
                 &avro_dir,
                 &topics_file,

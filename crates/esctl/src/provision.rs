@@ -26,7 +26,7 @@ struct TopicDefaults {
 }
 
 pub async fn run(
-    bootstrap_servers: &str,
+    kafka: &KafkaConfig,
     registry_url: &str,
     avro_dir: &Path,
     topics_file: &Path,
@@ -40,7 +40,7 @@ pub async fn run(
 
     let mut names: Vec<String> = catalog.topics().map(|t| t.topic.clone()).collect();
     names.extend(settings.raw.iter().cloned());
-    create_topics(bootstrap_servers, &names, &settings.defaults).await?;
+    create_topics(kafka, &names, &settings.defaults).await?;
 
     let registry = Registry::new(&RegistryConfig {
         url: registry_url.to_string(),
@@ -57,11 +57,11 @@ pub async fn run(
 }
 
 async fn create_topics(
-    bootstrap_servers: &str,
+    kafka: &KafkaConfig,
     names: &[String],
     defaults: &TopicDefaults,
 ) -> anyhow::Result<()> {
-    let admin: AdminClient<DefaultClientContext> = KafkaConfig::local(bootstrap_servers)
+    let admin: AdminClient<DefaultClientContext> = kafka
         .admin_config()
         .create()
         .context("creating the Kafka admin client")?;

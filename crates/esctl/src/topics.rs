@@ -21,19 +21,57 @@ use substrate_kafka::origin::{
 };
 use substrate_kafka::{KafkaConfig, Producer};
 
+/// How esctl reaches Kafka: the services' own settings (`SUBSTRATE_KAFKA__*`), TLS and SASL
+/// included.
 #[derive(Args, Clone)]
-pub struct Connection {
+pub struct KafkaArgs {
     #[arg(long, env = "SUBSTRATE_KAFKA__BOOTSTRAP_SERVERS")]
     pub bootstrap_servers: String,
+    /// plaintext, ssl, sasl_plaintext or sasl_ssl.
+    #[arg(long, env = "SUBSTRATE_KAFKA__SECURITY_PROTOCOL")]
+    pub kafka_security_protocol: Option<String>,
+    /// PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512.
+    #[arg(long, env = "SUBSTRATE_KAFKA__SASL_MECHANISM")]
+    pub kafka_sasl_mechanism: Option<String>,
+    #[arg(long, env = "SUBSTRATE_KAFKA__SASL_USERNAME")]
+    pub kafka_sasl_username: Option<String>,
+    #[arg(long, env = "SUBSTRATE_KAFKA__SASL_PASSWORD", hide_env_values = true)]
+    pub kafka_sasl_password: Option<String>,
+    /// PEM file of the brokers' CA.
+    #[arg(long, env = "SUBSTRATE_KAFKA__SSL_CA_LOCATION")]
+    pub kafka_ssl_ca_location: Option<String>,
+}
+
+impl KafkaArgs {
+    pub fn config(&self) -> anyhow::Result<KafkaConfig> {
+        let mut config = KafkaConfig::local(&self.bootstrap_servers);
+        config.client_id = "esctl".into();
+        config.security_protocol = self.kafka_security_protocol.clone();
+        config.sasl_mechanism = self.kafka_sasl_mechanism.clone();
+        config.sasl_username = self.kafka_sasl_username.clone();
+        config.sasl_password = self.kafka_sasl_password.clone();
+        config.ssl_ca_location = self.kafka_ssl_ca_location.clone();
+        config
+            .check()
+            .map_err(|(key, message)| anyhow::anyhow!("{key}: {message}"))?;
+        Ok(config)
+    }
+}
+
+#[derive(Args, Clone)]
+pub struct Connection {
+    #[command(flatten)]
+    pub kafka: KafkaArgs,
     #[arg(long, env = "SUBSTRATE_SCHEMA_REGISTRY__URL")]
     pub schema_registry_url: String,
 }
 
 impl Connection {
     fn kafka(&self) -> KafkaConfig {
-        let mut config = KafkaConfig::local(&self.bootstrap_servers);
-        config.client_id = "esctl".into();
-        config
+        self.kafka.config().unwrap_or_else(|e| {
+            eprintln!("ERROR: {e}");
+            std::process::exit(2)
+        })
     }
 
     fn registry(&self) -> anyhow::Result<Registry> {

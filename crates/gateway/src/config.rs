@@ -223,6 +223,9 @@ pub struct WebhooksConfig {
 
 impl Validate for Config {
     fn validate(&self) -> Result<(), ConfigError> {
+        self.kafka
+            .check()
+            .map_err(|(key, message)| ConfigError::invalid(key, message))?;
         if self.media.max_file_bytes == 0 {
             return Err(ConfigError::invalid("media.max_file_bytes", "must be > 0"));
         }

@@ -120,6 +120,9 @@ impl SagaConfig {
 
 impl Validate for Config {
     fn validate(&self) -> Result<(), ConfigError> {
+        self.kafka
+            .check()
+            .map_err(|(key, message)| ConfigError::invalid(key, message))?;
         let c = &self.media_saga;
         require_listen("media_saga.listen", &c.listen)?;
         c.http.check("media_saga.http")?;

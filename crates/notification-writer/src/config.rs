@@ -102,6 +102,9 @@ fn default_concurrent_writes() -> usize {
 
 impl Validate for Config {
     fn validate(&self) -> Result<(), ConfigError> {
+        self.kafka
+            .check()
+            .map_err(|(key, message)| ConfigError::invalid(key, message))?;
         let w = &self.notification_writer;
         require_listen("notification_writer.listen", &w.listen)?;
         if w.batch_max_rows == 0 {

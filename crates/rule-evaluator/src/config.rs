@@ -69,6 +69,9 @@ pub struct EvaluatorConfig {
 
 impl Validate for Config {
     fn validate(&self) -> Result<(), ConfigError> {
+        self.kafka
+            .check()
+            .map_err(|(key, message)| ConfigError::invalid(key, message))?;
         let c = &self.rule_evaluator;
         require_listen("rule_evaluator.listen", &c.listen)?;
         if c.topics.is_empty() {

@@ -18,7 +18,11 @@ pub struct S3Config {
     pub endpoint: String,
     #[serde(default = "default_region")]
     pub region: String,
+    /// Static keys; both empty: the standard AWS credential chain (environment variables, web
+    /// identity token / IRSA, ECS container credentials, EC2 instance profile).
+    #[serde(default)]
     pub access_key_id: String,
+    #[serde(default)]
     pub secret_access_key: String,
     /// `bucket` in the path rather than the host name (what most S3-compatible servers need).
     #[serde(default = "default_path_style")]
@@ -76,11 +80,16 @@ impl S3Config {
 
     /// Checks the settings a client cannot work without; the error names the key.
     pub fn check(&self, prefix: &str) -> Result<(), (String, &'static str)> {
-        if self.access_key_id.is_empty() {
-            return Err((format!("{prefix}.access_key_id"), "must not be empty"));
-        }
-        if self.secret_access_key.is_empty() {
-            return Err((format!("{prefix}.secret_access_key"), "must not be empty"));
+        if self.access_key_id.is_empty() != self.secret_access_key.is_empty() {
+            let key = if self.access_key_id.is_empty() {
+                "access_key_id"
+            } else {
+                "secret_access_key"
+            };
+            return Err((
+                format!("{prefix}.{key}"),
+                "set both static keys, or neither (the AWS credential chain)",
+            ));
         }
         for (key, value) in [
             ("connect_timeout_ms", self.connect_timeout_ms),
@@ -100,19 +109,29 @@ impl S3Config {
         Ok(())
     }
 
-    /// A client with static credentials.
+    /// Whether the client signs with the configured static keys (else the AWS chain).
+    pub fn static_keys(&self) -> bool {
+        !self.access_key_id.is_empty()
+    }
+
+    /// A client with the static keys, or with the standard AWS credential chain when none are
+    /// configured (resolved on first use and cached by the SDK until the credentials expire).
     pub fn client(&self) -> Client {
-        let credentials = Credentials::new(
-            &self.access_key_id,
-            &self.secret_access_key,
-            None,
-            None,
-            "substrate-config",
-        );
         let mut builder = aws_sdk_s3::Config::builder()
             .behavior_version(BehaviorVersion::latest())
-            .region(Region::new(self.region.clone()))
-            .credentials_provider(credentials)
+            .region(Region::new(self.region.clone()));
+        builder = if self.static_keys() {
+            builder.credentials_provider(Credentials::new(
+                &self.access_key_id,
+                &self.secret_access_key,
+                None,
+                None,
+                "substrate-config",
+            ))
+        } else {
+            builder.credentials_provider(chain::AwsChain::new(&self.region))
+        };
+        let mut builder = builder
             .timeout_config(
                 TimeoutConfig::builder()
                     .connect_timeout(Duration::from_millis(self.connect_timeout_ms))
@@ -176,6 +195,52 @@ pub async fn head(client: &Client, bucket: &str, key: &str) -> Result<Option<Obj
             } else {
                 Err(error_message(&e))
             }
+        }
+    }
+}
+
+mod chain {
+    //! The standard AWS credential chain, built lazily: `client()` stays synchronous while the
+    //! chain (which probes its sources asynchronously) is made on the first request.
+
+    use std::sync::Arc;
+
+    use aws_config::default_provider::credentials::DefaultCredentialsChain;
+    use aws_credential_types::provider::{future, ProvideCredentials};
+    use aws_sdk_s3::config::Region;
+    use tokio::sync::OnceCell;
+
+    #[derive(Debug, Clone)]
+    pub struct AwsChain {
+        region: Region,
+        chain: Arc<OnceCell<DefaultCredentialsChain>>,
+    }
+
+    impl AwsChain {
+        pub fn new(region: &str) -> Self {
+            Self {
+                region: Region::new(region.to_string()),
+                chain: Arc::default(),
+            }
+        }
+    }
+
+    impl ProvideCredentials for AwsChain {
+        fn provide_credentials<'a>(&'a self) -> future::ProvideCredentials<'a>
+        where
+            Self: 'a,
+        {
+            future::ProvideCredentials::new(async move {
+                let chain = self
+                    .chain
+                    .get_or_init(|| {
+                        DefaultCredentialsChain::builder()
+                            .region(self.region.clone())
+                            .build()
+                    })
+                    .await;
+                chain.provide_credentials().await
+            })
         }
     }
 }
