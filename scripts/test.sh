@@ -22,6 +22,10 @@ if ! "$TEST_VENV/bin/python" -c 'import standardwebhooks' 2>/dev/null; then
   "$TEST_VENV/bin/pip" install -q --disable-pip-version-check 'standardwebhooks==1.1.0'
 fi
 export SUBSTRATE_TEST_PYTHON="$PWD/$TEST_VENV/bin/python"
+# The Helm chart's tests (tests/chart) need a real Kubernetes API server: etcd + kube-apiserver
+# on loopback, with helm and kubectl, built from the Go module proxy once per machine.
+bash scripts/stack/k8s.sh start
+trap 'bash scripts/stack/k8s.sh stop >/dev/null 2>&1 || true' EXIT
 # Benches are criterion binaries (not test harnesses): clippy --all-targets keeps them compiling.
 status=0
 cargo test --workspace --lib --bins --tests --no-fail-fast -- --test-threads="${TEST_THREADS:-4}" || status=$?
