@@ -164,13 +164,24 @@ async fn a_broker_restart_under_load_loses_and_duplicates_no_accepted_event() {
     std::mem::forget(restore);
     let downtime = stopped_at.elapsed();
     let restarted = answers.accepted();
-    eventually(
+    if let Err(e) = eventually(
         Duration::from_secs(120),
         "accepted events after the restart",
         || async { (answers.accepted() >= restarted + 300).then_some(()) },
     )
     .await
-    .unwrap();
+    {
+        // What the clients got meanwhile, to tell a stuck producer from a gateway that answers.
+        let other = answers.other.lock().unwrap();
+        panic!(
+            "{e}: {} accepted since the restart, {} answered 503 in all, {} other answers \
+             (the last: {:?})",
+            answers.accepted() - restarted,
+            answers.unavailable.load(Ordering::SeqCst),
+            other.len(),
+            other.iter().rev().take(5).collect::<Vec<_>>()
+        );
+    }
     stop_posting.store(true, Ordering::SeqCst);
     for poster in posters {
         poster.await.unwrap();
