@@ -23,6 +23,17 @@ pub struct Out {
     pub stdout: String,
 }
 
+impl Out {
+    fn of(output: std::process::Output) -> Self {
+        let stdout = String::from_utf8_lossy(&output.stdout).to_string();
+        Self {
+            ok: output.status.success(),
+            text: format!("{stdout}{}", String::from_utf8_lossy(&output.stderr)),
+            stdout,
+        }
+    }
+}
+
 fn settings() -> BTreeMap<String, String> {
     let path = repo_root().join(".local/k8s.env");
     let text = std::fs::read_to_string(&path).unwrap_or_else(|_| {
@@ -96,13 +107,7 @@ impl Kube {
                 .write_all(input.as_bytes())
                 .unwrap();
         }
-        let output = child.wait_with_output().unwrap();
-        let stdout = String::from_utf8_lossy(&output.stdout).to_string();
-        Out {
-            ok: output.status.success(),
-            text: format!("{stdout}{}", String::from_utf8_lossy(&output.stderr)),
-            stdout,
-        }
+        Out::of(child.wait_with_output().unwrap())
     }
 
     /// Starts helm without waiting for it.
@@ -247,13 +252,7 @@ pub struct Running(std::process::Child);
 
 impl Running {
     pub fn wait(self) -> Out {
-        let output = self.0.wait_with_output().unwrap();
-        let stdout = String::from_utf8_lossy(&output.stdout).to_string();
-        Out {
-            ok: output.status.success(),
-            text: format!("{stdout}{}", String::from_utf8_lossy(&output.stderr)),
-            stdout,
-        }
+        Out::of(self.0.wait_with_output().unwrap())
     }
 }
 

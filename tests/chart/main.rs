@@ -154,18 +154,24 @@ fn install_upgrade_and_uninstall_against_the_api_server() {
     let namespace = kube.namespace("install");
     let release = "es";
     let minimal = values("minimal-values.yaml");
-    let out = kube.helm(&[
-        "install",
-        release,
-        chart().to_str().unwrap(),
-        "-n",
-        &namespace,
-        "-f",
-        minimal.to_str().unwrap(),
-        "--no-hooks",
-        "--timeout",
-        "60s",
-    ]);
+    let release_command = |verb: &str, extra: &[&str]| {
+        let chart = chart();
+        let mut args = vec![
+            verb,
+            release,
+            chart.to_str().unwrap(),
+            "-n",
+            &namespace,
+            "-f",
+            minimal.to_str().unwrap(),
+            "--no-hooks",
+            "--timeout",
+            "60s",
+        ];
+        args.extend_from_slice(extra);
+        kube.helm(&args)
+    };
+    let out = release_command("install", &[]);
     assert!(out.ok, "helm install:\n{}", out.text);
     let deployments = kube.names(&namespace, "deployments");
     assert_eq!(deployments.len(), 5, "{deployments:?}");
@@ -183,20 +189,7 @@ fn install_upgrade_and_uninstall_against_the_api_server() {
     );
 
     // A changed config value rolls exactly the pods whose config changed.
-    let out = kube.helm(&[
-        "upgrade",
-        release,
-        chart().to_str().unwrap(),
-        "-n",
-        &namespace,
-        "-f",
-        minimal.to_str().unwrap(),
-        "--no-hooks",
-        "--timeout",
-        "60s",
-        "--set",
-        config::CHANGED_GATEWAY_VALUE,
-    ]);
+    let out = release_command("upgrade", &["--set", config::CHANGED_GATEWAY_VALUE]);
     assert!(out.ok, "helm upgrade:\n{}", out.text);
     let after = kube.checksums(&namespace);
     let changed: Vec<&String> = after
