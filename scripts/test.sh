@@ -38,6 +38,11 @@ if [[ "${SKIP_BROWSER:-0}" != 1 ]]; then
   bash scripts/stack/web.sh build
   (cd web && npx playwright test) || status=$?
 fi
+# The alerting rules (promtool check and unit tests) and every Grafana panel query against the
+# stack's Prometheus after a small load through the gateway (docs/observability.md). Before the
+# fault tests, which stop Kafka and PostgreSQL.
+echo "observability check (deploy/observability)" >&2
+bash scripts/observability-check.sh || status=$?
 # Faults of shared components (PostgreSQL stopped for a minute, Kafka restarted under load) stop
 # parts of the stack the suite above relies on: they run afterwards, one at a time, and start what
 # they stopped again. SKIP_FAULTS=1 leaves them out (e.g. while iterating on one test).

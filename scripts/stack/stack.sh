@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Infra orchestration for the local stack: postgres -> kafka + registry + s3 + kratos, plus .local/stack.env.
+# Infra orchestration for the local stack: postgres -> kafka + registry + s3 + kratos (+ prometheus),
+# plus .local/stack.env.
 # Usage: scripts/stack/stack.sh {install|start|stop|status|env|purge|logs NAME}
 # shellcheck source=scripts/stack/lib.sh source-path=SCRIPTDIR
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
@@ -14,6 +15,7 @@ install() {
   bash "$S/registry.sh" install
   bash "$S/s3.sh" install
   bash "$S/kratos.sh" install
+  bash "$S/prometheus.sh" install
 }
 
 # The key that seals rule action secrets (AES-256-GCM, 32 random bytes), made once per machine
@@ -69,6 +71,8 @@ KRATOS_JWKS_URL=$jwks
 KRATOS_TOKEN_TEMPLATE=gateway
 KRATOS_BIN=$(bash "$S/kratos.sh" bin)
 KRATOS_CONFIG=$(bash "$S/kratos.sh" config)
+# Prometheus scraping every service's /metrics with the rules of deploy/observability (docs/observability.md).
+PROMETHEUS_URL=$(bash "$S/prometheus.sh" url)
 SUBSTRATE_KAFKA__BOOTSTRAP_SERVERS=$kafka
 SUBSTRATE_SCHEMA_REGISTRY__URL=$sr
 SUBSTRATE_DATABASE__URL=$db
@@ -118,23 +122,27 @@ start() {
   ensure_secrets   # before the parallel starts (s3.sh reads the S3 keys)
   bash "$S/postgres.sh" start
   # kafka, registry and kratos (which only need postgres) and s3 start in parallel; kratos' login
-  # hook calls the gateway, which is needed only at login time
-  local kpid rpid spid xpid krc=0 rrc=0 src=0 xrc=0
+  # hook calls the gateway, which is needed only at login time; prometheus needs nothing (it
+  # scrapes the services once they run)
+  local kpid rpid spid xpid ppid krc=0 rrc=0 src=0 xrc=0 prc=0
   bash "$S/kafka.sh" start & kpid=$!
   bash "$S/registry.sh" start & rpid=$!
   bash "$S/s3.sh" start & spid=$!
   bash "$S/kratos.sh" start & xpid=$!
+  bash "$S/prometheus.sh" start & ppid=$!
   wait "$kpid" || krc=$?
   wait "$rpid" || rrc=$?
   wait "$spid" || src=$?
   wait "$xpid" || xrc=$?
-  (( krc == 0 && rrc == 0 && src == 0 && xrc == 0 )) || exit 1
+  wait "$ppid" || prc=$?
+  (( krc == 0 && rrc == 0 && src == 0 && xrc == 0 && prc == 0 )) || exit 1
   write_env
   say "infra up in $(( SECONDS - t0 ))s"
 }
 
 stop() {
   # reverse order; registry and kratos before postgres (they hold connection pools)
+  bash "$S/prometheus.sh" stop
   bash "$S/kratos.sh" stop
   bash "$S/registry.sh" stop
   bash "$S/s3.sh" stop
@@ -148,6 +156,7 @@ status() {
   bash "$S/registry.sh" status
   bash "$S/s3.sh" status
   bash "$S/kratos.sh" status
+  bash "$S/prometheus.sh" status
 }
 
 purge() {
@@ -164,8 +173,8 @@ purge() {
 logs() {
   local name=${1:-}
   case "$name" in
-    kafka|registry|postgres|s3|kratos|kratos-jwks|gateway|notification-writer|rule-evaluator|dispatcher|media-saga) ;;
-    *) die "unknown component '$name' (kafka, registry, postgres, s3, kratos, kratos-jwks, gateway, notification-writer, rule-evaluator, dispatcher, media-saga)" ;;
+    kafka|registry|postgres|s3|kratos|kratos-jwks|prometheus|gateway|notification-writer|rule-evaluator|dispatcher|media-saga) ;;
+    *) die "unknown component '$name' (kafka, registry, postgres, s3, kratos, kratos-jwks, prometheus, gateway, notification-writer, rule-evaluator, dispatcher, media-saga)" ;;
   esac
   local f
   f=$(logfile "$name")

@@ -93,6 +93,7 @@ impl DeadLetter {
                 .await
             {
                 Ok(_) => {
+                    backoff.succeeded();
                     metrics::counter!(DEAD_LETTERS, "service" => self.service.clone(), "topic" => origin.topic.clone())
                         .increment(1);
                     return true;

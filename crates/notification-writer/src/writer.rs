@@ -243,7 +243,10 @@ impl Writer {
         let mut backoff = Backoff::new("notification_writer.decode");
         let value = loop {
             match self.registry.decode(payload).await {
-                Ok((value, _id)) => break value,
+                Ok((value, _id)) => {
+                    backoff.succeeded();
+                    break value;
+                }
                 Err(e) if e.is_transient() => {
                     if !backoff.wait(shutdown, &e).await {
                         return Err(Failure::transient(

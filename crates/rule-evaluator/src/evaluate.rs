@@ -99,7 +99,10 @@ impl Evaluator {
         let mut backoff = Backoff::new("rule_evaluator.event");
         loop {
             match self.process(message).await {
-                Ok(()) => return true,
+                Ok(()) => {
+                    backoff.succeeded();
+                    return true;
+                }
                 Err(failure) if failure.is_transient() => {
                     if !backoff.wait(shutdown, &failure).await {
                         return false;
