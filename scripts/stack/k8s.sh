@@ -37,8 +37,8 @@ go_build() {
   local name=$1 src=$2 out=$3 pkg=$4 ldflags=${5:-} work
   work="$TOOLS_CACHE/k8s-build/$name"
   mkdir -p "$work" "$(dirname "$out")"
-  cp "$src"/*.go "$src/go.mod" "$work/" 2>/dev/null || cp "$src/go.mod" "$work/"
-  [[ -f "$src/go.sum" ]] && cp "$src/go.sum" "$work/go.sum"
+  # go.mod and go.sum, and main.go where the module has its own main package (etcd)
+  find "$src" -maxdepth 1 -type f \( -name 'go.*' -o -name '*.go' \) -exec cp {} "$work/" \;
   printf '\n---- %s go build %s ----\n' "$(date -Is)" "$pkg" >> "$BUILD_LOG"
   # The wrapper's go.sum pins every module; without one (a version bump) tidy writes it first.
   if [[ ! -f "$src/go.sum" ]]; then

@@ -4,7 +4,7 @@
 //! or `index.html` for the app's own paths. `GET /app-config.json` tells the app where the
 //! identity provider is; the bundle itself carries no configuration and no secret.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use axum::body::Body;
@@ -84,7 +84,10 @@ fn origin_of(url: &str) -> Option<String> {
 
 /// The served app: its files and the headers every page carries.
 pub struct Web {
-    root: PathBuf,
+    /// The build's files, `index.html` for any other path (the app's own routes).
+    pages: ServeDir<ServeFile>,
+    /// The build's files only: a missing asset is a 404, never the page in its place.
+    assets: ServeDir,
     app_config: String,
     csp: HeaderValue,
 }
@@ -103,14 +106,11 @@ impl Web {
             connect.join(" ")
         );
         Some(Self {
-            root,
+            pages: ServeDir::new(&root).fallback(ServeFile::new(root.join("index.html"))),
+            assets: ServeDir::new(&root),
             app_config,
             csp: HeaderValue::from_str(&csp).expect("origins are checked at load"),
         })
-    }
-
-    fn index(&self) -> PathBuf {
-        self.root.join("index.html")
     }
 
     async fn serve(&self, request: Request) -> Response {
@@ -126,15 +126,10 @@ impl Web {
                 .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
             return self.decorate(response, false);
         }
-        // The app's own paths (anything that is not a file) are the page; a missing asset is a
-        // plain 404, never the page in its place.
         let result = if path.starts_with("/assets/") {
-            ServeDir::new(&self.root).oneshot(request).await
+            self.assets.clone().oneshot(request).await
         } else {
-            ServeDir::new(&self.root)
-                .fallback(ServeFile::new(self.index()))
-                .oneshot(request)
-                .await
+            self.pages.clone().oneshot(request).await
         };
         let response = match result {
             Ok(response) => response.map(Body::new),
@@ -167,11 +162,6 @@ impl Web {
             headers.insert(header::CACHE_CONTROL, HeaderValue::from_static(value));
         }
         response
-    }
-
-    /// The folder served (for logs).
-    pub fn root(&self) -> &Path {
-        &self.root
     }
 }
 

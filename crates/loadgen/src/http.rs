@@ -15,15 +15,8 @@ use crate::{new_histogram, parse_duration, report};
 
 #[derive(clap::Args)]
 pub struct Args {
-    /// Gateway base URL (loopback only).
-    #[arg(long, env = "GATEWAY_URL", default_value = "http://127.0.0.1:8080")]
-    url: String,
-    /// HS256 secret the gateway accepts (a token is minted from it).
-    #[arg(long, env = "JWT_SECRET")]
-    jwt_secret: String,
-    /// Audience claim for the minted token.
-    #[arg(long, env = "SUBSTRATE_AUTH__AUDIENCE")]
-    audience: Option<String>,
+    #[command(flatten)]
+    gateway: crate::GatewayArgs,
     #[arg(long, default_value = "message")]
     route: String,
     #[arg(long, default_value_t = 64)]
@@ -47,26 +40,17 @@ struct Totals {
 }
 
 pub async fn run(args: Args) -> anyhow::Result<()> {
-    let host = reqwest::Url::parse(&args.url)?;
-    anyhow::ensure!(
-        matches!(host.host_str(), Some("127.0.0.1" | "localhost" | "[::1]")),
-        "loadgen only targets loopback"
-    );
-    let token = crate::mint_token(
-        &args.jwt_secret,
-        args.audience.as_deref(),
-        Uuid::new_v4(),
-        "load@example.com",
-    )?;
+    args.gateway.ensure_loopback()?;
+    let token = args.gateway.token(Uuid::new_v4(), "load@example.com")?;
     let client = reqwest::Client::builder()
         .pool_max_idle_per_host(args.connections)
         .timeout(Duration::from_secs(10))
         .build()?;
     let body = request_body(&args);
     let url = if args.batch > 0 {
-        format!("{}/api/v1/events/{}/batch", args.url, args.route)
+        format!("{}/api/v1/events/{}/batch", args.gateway.url, args.route)
     } else {
-        format!("{}/api/v1/events/{}", args.url, args.route)
+        format!("{}/api/v1/events/{}", args.gateway.url, args.route)
     };
     let per_request = args.batch.max(1) as u64;
     let totals = Arc::new(Totals {

@@ -57,6 +57,40 @@ async fn main() -> anyhow::Result<()> {
     }
 }
 
+/// Where the load goes and how it signs in: the gateway (loopback only) and its HS256 secret.
+#[derive(clap::Args)]
+pub struct GatewayArgs {
+    /// Gateway base URL (loopback only).
+    #[arg(
+        long = "url",
+        env = "GATEWAY_URL",
+        default_value = "http://127.0.0.1:8080"
+    )]
+    pub url: String,
+    /// HS256 secret the gateway accepts (tokens are minted from it).
+    #[arg(long, env = "JWT_SECRET")]
+    pub jwt_secret: String,
+    /// Audience claim of the minted tokens.
+    #[arg(long, env = "SUBSTRATE_AUTH__AUDIENCE")]
+    pub audience: Option<String>,
+}
+
+impl GatewayArgs {
+    /// Refuses any gateway that is not on this machine.
+    pub fn ensure_loopback(&self) -> anyhow::Result<()> {
+        let url = reqwest::Url::parse(&self.url)?;
+        anyhow::ensure!(
+            matches!(url.host_str(), Some("127.0.0.1" | "localhost" | "[::1]")),
+            "loadgen only targets loopback"
+        );
+        Ok(())
+    }
+
+    pub fn token(&self, user: uuid::Uuid, email: &str) -> anyhow::Result<String> {
+        mint_token(&self.jwt_secret, self.audience.as_deref(), user, email)
+    }
+}
+
 /// An HS256 token the local gateway accepts, for `user` (Supabase-shaped claims, an hour long).
 pub fn mint_token(
     secret: &str,

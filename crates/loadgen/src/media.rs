@@ -110,17 +110,6 @@ impl Watcher {
     }
 }
 
-fn token(secret: &str, user: Uuid) -> String {
-    let now = chrono::Utc::now().timestamp();
-    jsonwebtoken::encode(
-        &jsonwebtoken::Header::default(),
-        &json!({"sub": user, "role": "authenticated", "aud": "authenticated",
-                "iat": now, "exp": now + 3600}),
-        &jsonwebtoken::EncodingKey::from_secret(secret.as_bytes()),
-    )
-    .expect("token")
-}
-
 struct Timing {
     without_put: Duration,
     to_ready: Duration,
@@ -190,8 +179,15 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         .build()?;
     // Five uploads per user (the starting balance is 10).
     let users: Vec<String> = (0..args.uploads.div_ceil(5))
-        .map(|_| token(&args.jwt_secret, Uuid::new_v4()))
-        .collect();
+        .map(|_| {
+            crate::mint_token(
+                &args.jwt_secret,
+                Some("authenticated"),
+                Uuid::new_v4(),
+                "media@example.com",
+            )
+        })
+        .collect::<anyhow::Result<_>>()?;
     let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let results = Arc::new(Mutex::new(Vec::with_capacity(args.uploads)));
     let started = Instant::now();

@@ -15,13 +15,8 @@ use uuid::Uuid;
 
 #[derive(clap::Args)]
 pub struct Args {
-    #[arg(long, env = "GATEWAY_URL", default_value = "http://127.0.0.1:8080")]
-    url: String,
-    /// HS256 secret the gateway accepts.
-    #[arg(long, env = "JWT_SECRET")]
-    jwt_secret: String,
-    #[arg(long, env = "SUBSTRATE_AUTH__AUDIENCE")]
-    audience: Option<String>,
+    #[command(flatten)]
+    gateway: crate::GatewayArgs,
     /// Messages per second.
     #[arg(long, default_value_t = 1000)]
     rate: u64,
@@ -64,6 +59,18 @@ async fn open(
     Ok(response)
 }
 
+/// `p50 … p90 … p99 … max …` in ms of a histogram of microseconds.
+fn quantiles(h: &Histogram<u64>) -> String {
+    let ms = |q: f64| h.value_at_quantile(q) as f64 / 1000.0;
+    format!(
+        "p50 {:.1}  p90 {:.1}  p99 {:.1}  max {:.1}",
+        ms(0.5),
+        ms(0.9),
+        ms(0.99),
+        h.max() as f64 / 1000.0
+    )
+}
+
 pub async fn run(args: Args) -> anyhow::Result<()> {
     // Streams: a connection each (never pooled). Posts: keep-alive connections reused from a
     // pool, as a browser or a backend posts.
@@ -74,19 +81,17 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         .pool_max_idle_per_host(256)
         .build()?;
     let user = Uuid::new_v4();
-    let token = crate::mint_token(
-        &args.jwt_secret,
-        args.audience.as_deref(),
-        user,
-        "bench@example.com",
-    )?;
+    args.gateway.ensure_loopback()?;
+    let token = args.gateway.token(user, "bench@example.com")?;
     let run_id = Uuid::new_v4().simple().to_string();
 
     // Idle streams first, for the memory of a stream.
     let before = args.gateway_pid.and_then(rss_kib);
     let mut idle = Vec::with_capacity(args.idle_streams);
     for chunk in (0..args.idle_streams).collect::<Vec<_>>().chunks(100) {
-        let opens = chunk.iter().map(|_| open(&client, &args.url, &token));
+        let opens = chunk
+            .iter()
+            .map(|_| open(&client, &args.gateway.url, &token));
         for response in futures::future::join_all(opens).await {
             idle.push(response?);
         }
@@ -95,14 +100,10 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let after = args.gateway_pid.and_then(rss_kib);
 
     let sent: Arc<Mutex<HashMap<u64, Instant>>> = Arc::default();
-    let histogram = Arc::new(Mutex::new(Histogram::<u64>::new_with_bounds(
-        1, 60_000_000, 3,
-    )?));
+    let histogram = Arc::new(Mutex::new(crate::new_histogram()));
     // POST → 202 (the event is in Kafka): the first part of the path.
-    let acked = Arc::new(Mutex::new(Histogram::<u64>::new_with_bounds(
-        1, 60_000_000, 3,
-    )?));
-    let response = open(&client, &args.url, &token).await?;
+    let acked = Arc::new(Mutex::new(crate::new_histogram()));
+    let response = open(&client, &args.gateway.url, &token).await?;
     let reader = {
         let (sent, histogram, run_id) = (sent.clone(), histogram.clone(), run_id.clone());
         tokio::spawn(async move {
@@ -152,7 +153,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         sent.lock().unwrap().insert(seq, Instant::now());
         let (client, url, token, run_id, failed, acked) = (
             posting.clone(),
-            args.url.clone(),
+            args.gateway.url.clone(),
             token.clone(),
             run_id.clone(),
             failed.clone(),
@@ -184,7 +185,6 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     reader.abort();
     let missing = sent.lock().unwrap().len();
     let h = histogram.lock().unwrap();
-    let ms = |q: f64| h.value_at_quantile(q) as f64 / 1000.0;
     println!(
         "stream: posted {seq} at {} msg/s for {:?}; received {} ({missing} missing, {} posts failed)",
         args.rate,
@@ -192,21 +192,10 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         h.len(),
         failed.load(std::sync::atomic::Ordering::Relaxed)
     );
+    println!("post → stream latency ms: {}", quantiles(&h));
     println!(
-        "post → stream latency ms: p50 {:.1}  p90 {:.1}  p99 {:.1}  max {:.1}",
-        ms(0.5),
-        ms(0.9),
-        ms(0.99),
-        h.max() as f64 / 1000.0
-    );
-    let a = acked.lock().unwrap();
-    let ack = |q: f64| a.value_at_quantile(q) as f64 / 1000.0;
-    println!(
-        "post → 202 (in Kafka) ms:   p50 {:.1}  p90 {:.1}  p99 {:.1}  max {:.1}",
-        ack(0.5),
-        ack(0.9),
-        ack(0.99),
-        a.max() as f64 / 1000.0
+        "post → 202 (in Kafka) ms:   {}",
+        quantiles(&acked.lock().unwrap())
     );
     if let (Some(before), Some(after)) = (before, after) {
         if args.idle_streams > 0 {
