@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Infra orchestration for the local stack: postgres -> kafka + registry + s3 + kratos (+ prometheus),
-# plus .local/stack.env.
+# Infra orchestration for the local stack: postgres -> kafka + registry + s3 + kratos (+ prometheus,
+# jaeger), plus .local/stack.env.
 # Usage: scripts/stack/stack.sh {install|start|stop|status|env|purge|logs NAME}
 # shellcheck source=scripts/stack/lib.sh source-path=SCRIPTDIR
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
@@ -16,6 +16,7 @@ install() {
   bash "$S/s3.sh" install
   bash "$S/kratos.sh" install
   bash "$S/prometheus.sh" install
+  bash "$S/jaeger.sh" install
 }
 
 # The key that seals rule action secrets (AES-256-GCM, 32 random bytes), made once per machine
@@ -73,6 +74,10 @@ KRATOS_BIN=$(bash "$S/kratos.sh" bin)
 KRATOS_CONFIG=$(bash "$S/kratos.sh" config)
 # Prometheus scraping every service's /metrics with the rules of deploy/observability (docs/observability.md).
 PROMETHEUS_URL=$(bash "$S/prometheus.sh" url)
+# Jaeger (in-memory trace store): its query API, and the OTLP/HTTP base endpoint the services
+# export spans to (exporters append /v1/traces).
+JAEGER_URL=$(bash "$S/jaeger.sh" url)
+OTEL_EXPORTER_OTLP_ENDPOINT=$(bash "$S/jaeger.sh" otlp-endpoint)
 SUBSTRATE_KAFKA__BOOTSTRAP_SERVERS=$kafka
 SUBSTRATE_SCHEMA_REGISTRY__URL=$sr
 SUBSTRATE_DATABASE__URL=$db
@@ -123,25 +128,28 @@ start() {
   bash "$S/postgres.sh" start
   # kafka, registry and kratos (which only need postgres) and s3 start in parallel; kratos' login
   # hook calls the gateway, which is needed only at login time; prometheus needs nothing (it
-  # scrapes the services once they run)
-  local kpid rpid spid xpid ppid krc=0 rrc=0 src=0 xrc=0 prc=0
+  # scrapes the services once they run), nor does jaeger (the services export spans to it)
+  local kpid rpid spid xpid ppid jpid krc=0 rrc=0 src=0 xrc=0 prc=0 jrc=0
   bash "$S/kafka.sh" start & kpid=$!
   bash "$S/registry.sh" start & rpid=$!
   bash "$S/s3.sh" start & spid=$!
   bash "$S/kratos.sh" start & xpid=$!
   bash "$S/prometheus.sh" start & ppid=$!
+  bash "$S/jaeger.sh" start & jpid=$!
   wait "$kpid" || krc=$?
   wait "$rpid" || rrc=$?
   wait "$spid" || src=$?
   wait "$xpid" || xrc=$?
   wait "$ppid" || prc=$?
-  (( krc == 0 && rrc == 0 && src == 0 && xrc == 0 && prc == 0 )) || exit 1
+  wait "$jpid" || jrc=$?
+  (( krc == 0 && rrc == 0 && src == 0 && xrc == 0 && prc == 0 && jrc == 0 )) || exit 1
   write_env
   say "infra up in $(( SECONDS - t0 ))s"
 }
 
 stop() {
   # reverse order; registry and kratos before postgres (they hold connection pools)
+  bash "$S/jaeger.sh" stop
   bash "$S/prometheus.sh" stop
   bash "$S/kratos.sh" stop
   bash "$S/registry.sh" stop
@@ -157,6 +165,7 @@ status() {
   bash "$S/s3.sh" status
   bash "$S/kratos.sh" status
   bash "$S/prometheus.sh" status
+  bash "$S/jaeger.sh" status
 }
 
 purge() {
@@ -173,8 +182,8 @@ purge() {
 logs() {
   local name=${1:-}
   case "$name" in
-    kafka|registry|postgres|s3|kratos|kratos-jwks|prometheus|gateway|notification-writer|rule-evaluator|dispatcher|media-saga) ;;
-    *) die "unknown component '$name' (kafka, registry, postgres, s3, kratos, kratos-jwks, prometheus, gateway, notification-writer, rule-evaluator, dispatcher, media-saga)" ;;
+    kafka|registry|postgres|s3|kratos|kratos-jwks|prometheus|jaeger|gateway|notification-writer|rule-evaluator|dispatcher|media-saga) ;;
+    *) die "unknown component '$name' (kafka, registry, postgres, s3, kratos, kratos-jwks, prometheus, jaeger, gateway, notification-writer, rule-evaluator, dispatcher, media-saga)" ;;
   esac
   local f
   f=$(logfile "$name")
