@@ -9,8 +9,9 @@
 #      (loadgen raw) on 3-partition topics with ~300-byte records, acks=all, idempotent; then the
 #      gateway over HTTP (batches of 100, single events, a fixed 2,000 req/s for latency), and
 #      batched ingest as a ratio of the higher ceiling
-#   4. the dispatcher: signed webhooks delivered to a local receiver (loadgen dispatch)
-#   5. the rule-evaluator: consume → evaluate → produce requests and unified events (loadgen rules)
+#   4. tracing overhead: the gateway's ingest with spans off, sampled at 10 % and at 100 %
+#   5. the dispatcher: signed webhooks delivered to a local receiver (loadgen dispatch)
+#   6. the rule-evaluator: consume → evaluate → produce requests and unified events (loadgen rules)
 # The ingest runs happen with the notification-writer stopped, so that it does not compete for
 # the two cores while the gateway is measured; it is started again at the end and then drains
 # what the ingest runs produced (minutes: leave it before running the tests).
@@ -104,6 +105,23 @@ done
 sleep 3
 ingest_round "consumers stopped"
 
+SKIP_BUILD=1 bash scripts/stack/services.sh start >/dev/null
+
+# Tracing overhead: the same ingest with spans off, 10 % of new traces sampled, and all of them
+# (every service exporting to the stack's Jaeger over OTLP/HTTP). The load generator sends no
+# traceparent, so the gateway's sampler decides and every downstream span follows it.
+echo "== ingest by tracing mode (whole stack; single events on 64 connections, then a fixed 2,000 req/s)"
+for mode in off 0.1 1.0; do
+  if [[ "$mode" == off ]]; then
+    OTEL_SDK_DISABLED=true SKIP_BUILD=1 bash scripts/stack/services.sh start >/dev/null
+  else
+    OTEL_TRACES_SAMPLER=parentbased_traceidratio OTEL_TRACES_SAMPLER_ARG=$mode \
+      SKIP_BUILD=1 bash scripts/stack/services.sh start >/dev/null
+  fi
+  echo "-- tracing: $mode"
+  "$L" http --connections 64 --duration "$DURATION"
+  "$L" http --rate 2000 --duration "$DURATION"
+done
 SKIP_BUILD=1 bash scripts/stack/services.sh start >/dev/null
 
 echo "== dispatcher (50,000 signed webhooks to a local receiver, its own process and topic)"

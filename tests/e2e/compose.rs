@@ -327,3 +327,52 @@ fn interpolation_takes_defaults() {
     assert_eq!(interpolate("${A:-x}y"), "xy");
     assert_eq!(interpolate("plain"), "plain");
 }
+
+/// Compose's Prometheus scrapes each service where it serves `/metrics` (the gateway's
+/// operational listener), and the services send spans to compose's Jaeger.
+#[test]
+fn compose_observability_matches_the_services() {
+    let doc = compose();
+    let services = doc["services"].as_mapping().expect("services");
+    let text =
+        std::fs::read_to_string(repo_root().join("deploy/observability/compose/prometheus.yml"))
+            .unwrap();
+    let prometheus: Value = serde_yaml::from_str(&text).expect("prometheus.yml parses");
+    let targets: Vec<String> = prometheus["scrape_configs"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .flat_map(|job| job["static_configs"].as_sequence().unwrap().clone())
+        .flat_map(|c| c["targets"].as_sequence().unwrap().clone())
+        .map(|t| t.as_str().unwrap().to_string())
+        .collect();
+    for (service, key) in [
+        ("gateway", "SUBSTRATE_GATEWAY__OPS_LISTEN"),
+        (
+            "notification-writer",
+            "SUBSTRATE_NOTIFICATION_WRITER__LISTEN",
+        ),
+        ("rule-evaluator", "SUBSTRATE_RULE_EVALUATOR__LISTEN"),
+        ("dispatcher", "SUBSTRATE_DISPATCHER__LISTEN"),
+        ("media-saga", "SUBSTRATE_MEDIA_SAGA__LISTEN"),
+    ] {
+        let env = environment(&services[service]);
+        let port = env[key].rsplit(':').next().unwrap().to_string();
+        assert!(
+            targets.contains(&format!("{service}:{port}")),
+            "prometheus does not scrape {service}:{port}: {targets:?}"
+        );
+        let otlp = env
+            .get("OTEL_EXPORTER_OTLP_ENDPOINT")
+            .unwrap_or_else(|| panic!("{service} has no OTLP endpoint"));
+        let host = otlp
+            .trim_start_matches("http://")
+            .split(':')
+            .next()
+            .unwrap();
+        assert!(
+            services.contains_key(host),
+            "{service} sends spans to unknown {host}"
+        );
+    }
+}

@@ -20,5 +20,6 @@ mod media_saga;
 mod notifications;
 mod routes_reload;
 mod secrets;
+mod traces;
 mod web;
 mod writer_dead_letter;

@@ -18,6 +18,8 @@ use substrate_avro::{Registry, RegistryConfig};
 use substrate_kafka::KafkaConfig;
 use uuid::Uuid;
 
+pub mod traces;
+
 /// Repository root (this crate lives in `tests/`).
 pub fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -439,6 +441,7 @@ pub fn init_test_logs() {
         substrate_runtime::telemetry::init(&substrate_runtime::telemetry::TelemetryConfig {
             log_format: "plain".into(),
             log_filter: std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()),
+            ..Default::default()
         });
     });
 }

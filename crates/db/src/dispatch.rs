@@ -27,6 +27,7 @@ pub struct Attempt {
 }
 
 /// Inserts the attempts in one statement.
+#[tracing::instrument(level = "debug", name = "db", skip_all, fields(otel.name = "INSERT dispatch_attempts", otel.kind = "client", db.system.name = "postgresql", db.operation.name = "INSERT", db.collection.name = "dispatch_attempts"))]
 pub async fn insert_attempts<C: GenericClient>(
     client: &C,
     rows: &[Attempt],

@@ -32,6 +32,7 @@ pub enum Claim {
 
 /// Claims `key` for `principal`. `event_ids` are used when the claim is new; `retention` is how
 /// long a finished answer is replayed; `stale` is how long an unfinished claim blocks others.
+#[tracing::instrument(level = "debug", name = "db", skip_all, fields(otel.name = "INSERT idempotency_keys", otel.kind = "client", db.system.name = "postgresql", db.operation.name = "INSERT", db.collection.name = "idempotency_keys"))]
 pub async fn claim<C: GenericClient>(
     client: &C,
     principal: &str,
@@ -104,6 +105,7 @@ pub async fn claim<C: GenericClient>(
 }
 
 /// Stores the answer of an owned claim.
+#[tracing::instrument(level = "debug", name = "db", skip_all, fields(otel.name = "UPDATE idempotency_keys", otel.kind = "client", db.system.name = "postgresql", db.operation.name = "UPDATE", db.collection.name = "idempotency_keys"))]
 pub async fn complete<C: GenericClient>(
     client: &C,
     principal: &str,
@@ -124,6 +126,7 @@ pub async fn complete<C: GenericClient>(
 
 /// Gives an owned claim up without an answer (the request may be retried): the next request
 /// with the same body takes it over at once, with the same event ids.
+#[tracing::instrument(level = "debug", name = "db", skip_all, fields(otel.name = "UPDATE idempotency_keys", otel.kind = "client", db.system.name = "postgresql", db.operation.name = "UPDATE", db.collection.name = "idempotency_keys"))]
 pub async fn release<C: GenericClient>(
     client: &C,
     principal: &str,

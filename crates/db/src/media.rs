@@ -22,6 +22,7 @@ pub struct Debit {
 
 /// Charges one credit for `request` when `user` has one (new users start with `starting`).
 /// Calling it again for the same request returns the approval without charging again.
+#[tracing::instrument(level = "debug", name = "db", skip_all, fields(otel.name = "SELECT media_debit", otel.kind = "client", db.system.name = "postgresql", db.operation.name = "SELECT", db.collection.name = "media_debit"))]
 pub async fn debit<C: GenericClient>(
     client: &C,
     request: Uuid,
@@ -41,6 +42,7 @@ pub async fn debit<C: GenericClient>(
 }
 
 /// Refunds the credit charged for `request`; false when there was none or it was refunded.
+#[tracing::instrument(level = "debug", name = "db", skip_all, fields(otel.name = "SELECT media_refund", otel.kind = "client", db.system.name = "postgresql", db.operation.name = "SELECT", db.collection.name = "media_refund"))]
 pub async fn refund<C: GenericClient>(client: &C, request: Uuid) -> Result<bool, DbError> {
     Ok(client
         .query_one("SELECT public.media_refund($1)", &[&request])
@@ -49,6 +51,7 @@ pub async fn refund<C: GenericClient>(client: &C, request: Uuid) -> Result<bool,
 }
 
 /// The user's balance (`None` before their first upload).
+#[tracing::instrument(level = "debug", name = "db", skip_all, fields(otel.name = "SELECT credits", otel.kind = "client", db.system.name = "postgresql", db.operation.name = "SELECT", db.collection.name = "credits"))]
 pub async fn balance<C: GenericClient>(client: &C, user: Uuid) -> Result<Option<i32>, DbError> {
     Ok(client
         .query_opt(
@@ -82,6 +85,7 @@ pub struct MediaFile {
 }
 
 /// The user's active files, newest first (at most 1000).
+#[tracing::instrument(level = "debug", name = "db", skip_all, fields(otel.name = "SELECT media_files", otel.kind = "client", db.system.name = "postgresql", db.operation.name = "SELECT", db.collection.name = "media_files"))]
 pub async fn active_files<C: GenericClient>(
     client: &C,
     user: Uuid,
@@ -180,6 +184,7 @@ impl Saga {
 }
 
 /// A saga by request id.
+#[tracing::instrument(level = "debug", name = "db", skip_all, fields(otel.name = "SELECT media_sagas", otel.kind = "client", db.system.name = "postgresql", db.operation.name = "SELECT", db.collection.name = "media_sagas"))]
 pub async fn saga<C: GenericClient>(client: &C, request: Uuid) -> Result<Option<Saga>, DbError> {
     client
         .query_opt(
@@ -313,6 +318,7 @@ impl<'a> FromSql<'a> for DeadlineKind {
 // ---- sagas ----
 
 /// The saga's row, locked until the transaction ends.
+#[tracing::instrument(level = "debug", name = "db", skip_all, fields(otel.name = "SELECT media_sagas", otel.kind = "client", db.system.name = "postgresql", db.operation.name = "SELECT", db.collection.name = "media_sagas"))]
 pub async fn lock_saga(tx: &Transaction<'_>, request: Uuid) -> Result<Option<Saga>, DbError> {
     tx.query_opt(
         &format!("SELECT {SAGA_COLUMNS} FROM public.media_sagas WHERE request_id = $1 FOR UPDATE"),
@@ -334,10 +340,13 @@ pub struct NewSaga<'a> {
     pub file_size: i64,
     pub upload_path: &'a str,
     pub permanent_path: &'a str,
+    /// The intent's trace context, for the saga's deadlines.
+    pub traceparent: Option<&'a str>,
 }
 
 /// Records the decision: `Signed` with `expires_at` = now + `ttl_secs` (whole milliseconds,
 /// as signed into the URL) when approved, else `Rejected` (finished) saying why.
+#[tracing::instrument(level = "debug", name = "db", skip_all, fields(otel.name = "INSERT media_sagas", otel.kind = "client", db.system.name = "postgresql", db.operation.name = "INSERT", db.collection.name = "media_sagas"))]
 pub async fn insert_saga(
     tx: &Transaction<'_>,
     new: &NewSaga<'_>,
@@ -354,11 +363,11 @@ pub async fn insert_saga(
             &format!(
                 "INSERT INTO public.media_sagas (request_id, user_id, state, file_name,
                      media_type, file_size, upload_path, permanent_path, reason,
-                     expires_at, finished_at)
+                     expires_at, finished_at, traceparent)
                  VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9,
                      CASE WHEN $3 = 'signed'
                           THEN date_trunc('milliseconds', now()) + $10 * interval '1 second' END,
-                     CASE WHEN $3 = 'rejected' THEN now() END)
+                     CASE WHEN $3 = 'rejected' THEN now() END, $11)
                  RETURNING {SAGA_COLUMNS}"
             ),
             &[
@@ -372,6 +381,7 @@ pub async fn insert_saga(
                 &new.permanent_path,
                 &reason,
                 &ttl_secs,
+                &new.traceparent,
             ],
         )
         .await?;
@@ -380,6 +390,7 @@ pub async fn insert_saga(
 
 /// The file arrived: `Received`, the retry count raised to `retry_count`, the upload's TTL
 /// cancelled.
+#[tracing::instrument(level = "debug", name = "db", skip_all, fields(otel.name = "UPDATE media_sagas", otel.kind = "client", db.system.name = "postgresql", db.operation.name = "UPDATE", db.collection.name = "media_sagas"))]
 pub async fn mark_received(
     tx: &Transaction<'_>,
     request: Uuid,
@@ -401,6 +412,7 @@ pub async fn mark_received(
 }
 
 /// The permanent object was reported before the upload's arrival was read.
+#[tracing::instrument(level = "debug", name = "db", skip_all, fields(otel.name = "UPDATE media_sagas", otel.kind = "client", db.system.name = "postgresql", db.operation.name = "UPDATE", db.collection.name = "media_sagas"))]
 pub async fn mark_ready(tx: &Transaction<'_>, request: Uuid) -> Result<(), DbError> {
     tx.execute(
         "UPDATE public.media_sagas SET ready_at = now(), updated_at = now() WHERE request_id = $1",
@@ -411,6 +423,7 @@ pub async fn mark_ready(tx: &Transaction<'_>, request: Uuid) -> Result<(), DbErr
 }
 
 /// Completes the upload: the file row, `Confirmed`, no deadlines left.
+#[tracing::instrument(level = "debug", name = "db", skip_all, fields(otel.name = "INSERT media_files", otel.kind = "client", db.system.name = "postgresql", db.operation.name = "INSERT", db.collection.name = "media_files"))]
 pub async fn confirm(tx: &Transaction<'_>, saga: &Saga) -> Result<Saga, DbError> {
     tx.execute(
         "INSERT INTO public.media_files (request_id, user_id, file_path, file_name, media_type, file_size)
@@ -445,6 +458,7 @@ pub async fn confirm(tx: &Transaction<'_>, saga: &Saga) -> Result<Saga, DbError>
 
 /// Ends the saga in `Expired` or `Failed` saying why (the caller refunds in the same
 /// transaction).
+#[tracing::instrument(level = "debug", name = "db", skip_all, fields(otel.name = "UPDATE media_sagas", otel.kind = "client", db.system.name = "postgresql", db.operation.name = "UPDATE", db.collection.name = "media_sagas"))]
 pub async fn finish(
     tx: &Transaction<'_>,
     request: Uuid,
@@ -463,6 +477,7 @@ pub async fn finish(
 }
 
 /// Counts a move retry.
+#[tracing::instrument(level = "debug", name = "db", skip_all, fields(otel.name = "UPDATE media_sagas", otel.kind = "client", db.system.name = "postgresql", db.operation.name = "UPDATE", db.collection.name = "media_sagas"))]
 pub async fn set_retry_count(
     tx: &Transaction<'_>,
     request: Uuid,
@@ -479,6 +494,7 @@ pub async fn set_retry_count(
 // ---- deadlines ----
 
 /// Schedules the upload's TTL at `due_at` (the saga's `expires_at`); kept when already there.
+#[tracing::instrument(level = "debug", name = "db", skip_all, fields(otel.name = "INSERT media_deadlines", otel.kind = "client", db.system.name = "postgresql", db.operation.name = "INSERT", db.collection.name = "media_deadlines"))]
 pub async fn schedule_upload_ttl(
     tx: &Transaction<'_>,
     request: Uuid,
@@ -495,6 +511,7 @@ pub async fn schedule_upload_ttl(
 }
 
 /// (Re)arms the move timeout `after_secs` from now, unfired.
+#[tracing::instrument(level = "debug", name = "db", skip_all, fields(otel.name = "INSERT media_deadlines", otel.kind = "client", db.system.name = "postgresql", db.operation.name = "INSERT", db.collection.name = "media_deadlines"))]
 pub async fn schedule_move_timeout(
     tx: &Transaction<'_>,
     request: Uuid,
@@ -513,6 +530,7 @@ pub async fn schedule_move_timeout(
 }
 
 /// Moves a deadline `after_secs` from now.
+#[tracing::instrument(level = "debug", name = "db", skip_all, fields(otel.name = "UPDATE media_deadlines", otel.kind = "client", db.system.name = "postgresql", db.operation.name = "UPDATE", db.collection.name = "media_deadlines"))]
 pub async fn postpone_deadline(
     tx: &Transaction<'_>,
     request: Uuid,
@@ -534,6 +552,8 @@ pub struct DueDeadline {
     pub request_id: Uuid,
     pub kind: DeadlineKind,
     pub due_at: DateTime<Utc>,
+    /// The saga's trace context (its upload intent's).
+    pub traceparent: Option<String>,
 }
 
 /// Unfired deadlines of `scope` due by now, oldest first.
@@ -544,9 +564,11 @@ pub async fn due_deadlines<C: GenericClient>(
 ) -> Result<Vec<DueDeadline>, DbError> {
     let rows = client
         .query(
-            "SELECT request_id, kind, due_at FROM public.media_deadlines
-             WHERE scope = $2 AND fired_at IS NULL AND due_at <= now()
-             ORDER BY due_at LIMIT $1",
+            "SELECT d.request_id, d.kind, d.due_at, s.traceparent
+             FROM public.media_deadlines d
+             LEFT JOIN public.media_sagas s ON s.request_id = d.request_id
+             WHERE d.scope = $2 AND d.fired_at IS NULL AND d.due_at <= now()
+             ORDER BY d.due_at LIMIT $1",
             &[&limit, &scope],
         )
         .await?;
@@ -556,6 +578,7 @@ pub async fn due_deadlines<C: GenericClient>(
                 request_id: r.try_get(0)?,
                 kind: r.try_get(1)?,
                 due_at: r.try_get(2)?,
+                traceparent: r.try_get(3)?,
             })
         })
         .collect()
@@ -580,6 +603,7 @@ pub async fn lock_due_deadline(
 }
 
 /// Marks a deadline fired (handled, or abandoned).
+#[tracing::instrument(level = "debug", name = "db", skip_all, fields(otel.name = "UPDATE media_deadlines", otel.kind = "client", db.system.name = "postgresql", db.operation.name = "UPDATE", db.collection.name = "media_deadlines"))]
 pub async fn mark_fired<C: GenericClient>(
     client: &C,
     request: Uuid,
@@ -598,6 +622,7 @@ pub async fn mark_fired<C: GenericClient>(
 // ---- files ----
 
 /// Whether `user` has an active file at `path`.
+#[tracing::instrument(level = "debug", name = "db", skip_all, fields(otel.name = "SELECT media_files", otel.kind = "client", db.system.name = "postgresql", db.operation.name = "SELECT", db.collection.name = "media_files"))]
 pub async fn owns_active_file<C: GenericClient>(
     client: &C,
     path: &str,
@@ -615,6 +640,7 @@ pub async fn owns_active_file<C: GenericClient>(
 
 /// When `user`'s file at `path` was deleted: `Ok(None)` when there is no such file,
 /// `Some(None)` while it is active.
+#[tracing::instrument(level = "debug", name = "db", skip_all, fields(otel.name = "SELECT media_files", otel.kind = "client", db.system.name = "postgresql", db.operation.name = "SELECT", db.collection.name = "media_files"))]
 pub async fn file_deleted_at<C: GenericClient>(
     client: &C,
     path: &str,
@@ -638,6 +664,7 @@ pub async fn file_deleted_at<C: GenericClient>(
 }
 
 /// Marks `user`'s file at `path` deleted (once: the first time is kept) and returns when.
+#[tracing::instrument(level = "debug", name = "db", skip_all, fields(otel.name = "UPDATE media_files", otel.kind = "client", db.system.name = "postgresql", db.operation.name = "UPDATE", db.collection.name = "media_files"))]
 pub async fn mark_file_deleted<C: GenericClient>(
     client: &C,
     path: &str,

@@ -44,6 +44,7 @@ impl Visibility {
 
 /// Inserts the rows in one statement; rows whose `event_id` exists are skipped.
 /// Returns the number of rows inserted.
+#[tracing::instrument(level = "debug", name = "db", skip_all, fields(otel.name = "INSERT user_notifications", otel.kind = "client", db.system.name = "postgresql", db.operation.name = "INSERT", db.collection.name = "user_notifications"))]
 pub async fn insert_batch<C: GenericClient>(
     client: &C,
     rows: &[NewNotification],

@@ -123,6 +123,7 @@ pub async fn serve(
             DeadLetter::new(producer.clone(), c.dead_letter_topic.clone(), "dispatcher"),
         ),
         max_in_flight: c.max_in_flight,
+        group_id: c.group_id.clone(),
     };
     let result = dispatcher.run(shutdown.token(), shutdown.grace()).await;
     shutdown.cancel();

@@ -25,6 +25,13 @@ pub struct Request {
 }
 
 impl Request {
+    /// The context of the event this request came from (the rule-evaluator's span).
+    pub fn trace(&self) -> Option<substrate_kafka::TraceParent> {
+        self.traceparent
+            .as_deref()
+            .and_then(substrate_kafka::TraceParent::parse)
+    }
+
     /// From the record as JSON; errors name the field and are permanent for the record.
     pub fn from_json(record: &Json) -> Result<Self, String> {
         let text = |field: &str| -> Result<String, String> {

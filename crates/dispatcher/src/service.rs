@@ -9,11 +9,11 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use rdkafka::consumer::StreamConsumer;
 use rdkafka::message::{Message, OwnedMessage};
 use serde_json::json;
 use substrate_avro::{avro_to_json, Registry};
 use substrate_db::dispatch::Attempt;
+use substrate_kafka::consumer::GroupConsumer;
 use substrate_kafka::delay_gate::{DelayGate, Gate};
 use substrate_kafka::delay_topics::{Retrier, RetryState, Routed};
 use substrate_rules::{ActionSecret, PublicAction};
@@ -34,7 +34,7 @@ use crate::sinks::kafka::KafkaSink;
 use crate::template::render;
 
 pub struct Dispatcher {
-    pub consumer: Arc<StreamConsumer>,
+    pub consumer: Arc<GroupConsumer>,
     pub registry: Registry,
     pub http: HttpSink,
     pub archiver: Archiver,
@@ -44,6 +44,8 @@ pub struct Dispatcher {
     pub secrets: SecretStore,
     pub retrier: Retrier,
     pub max_in_flight: usize,
+    /// The consumer group (named on each record's span).
+    pub group_id: String,
 }
 
 /// Whether an attempt's audit row was committed.
@@ -84,6 +86,7 @@ impl Dispatcher {
         };
         substrate_kafka::worker::run(
             this.consumer.clone(),
+            &this.group_id,
             this.max_in_flight,
             shutdown,
             drain,
@@ -429,7 +432,10 @@ impl Dispatcher {
                     ));
                 }
                 let timeout = timeout_ms.map(Duration::from_millis);
-                let result = self.http.post(&secret.url, body, &all, timeout).await;
+                let result = self
+                    .http
+                    .post(&secret.url, body, &all, timeout, request.trace())
+                    .await;
                 Attempted {
                     outcome: result.outcome,
                     status: result.status,
@@ -503,6 +509,7 @@ impl Dispatcher {
                 serde_json::to_vec(body).expect("JSON values serialize"),
                 &headers,
                 timeout_ms.map(Duration::from_millis),
+                request.trace(),
             )
             .await;
         Attempted {

@@ -179,5 +179,6 @@ fn tracing_subscriber_init() {
     substrate_runtime::telemetry::init(&substrate_runtime::telemetry::TelemetryConfig {
         log_format: "plain".into(),
         log_filter: "warn".into(),
+        ..Default::default()
     });
 }

@@ -219,8 +219,10 @@ pub fn build(config: &Config, shutdown: &Shutdown) -> anyhow::Result<Built> {
         .route("/api/v1/notifications/unread", get(notifications::unread))
         .route("/api/v1/credits", get(media::credits))
         .route("/api/v1/media/files", get(media::files))
-        .route("/api/v1/users", get(directory::search))
-        // After every route: the web app's pages, or JSON errors instead of axum's empty 404.
+        .route("/api/v1/users", get(directory::search));
+    // Every route in a server span continuing the caller's `traceparent`; then the fallback:
+    // the web app's pages, or JSON errors instead of axum's empty 404.
+    let public = substrate_runtime::http::traced(public)
         .fallback(web::fallback)
         .method_not_allowed_fallback(error::method_not_allowed)
         .with_state(app);

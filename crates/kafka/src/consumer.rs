@@ -1,19 +1,70 @@
 //! Consumer construction and offset bookkeeping. Offsets are stored explicitly, in partition
 //! order, only after the caller's effect is durable; auto-commit then ships them.
 
-use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::client::ClientContext;
+use rdkafka::consumer::{Consumer, ConsumerContext, StreamConsumer};
 use rdkafka::error::KafkaError;
+use rdkafka::statistics::Statistics;
 use rdkafka::{Offset, TopicPartitionList};
 
 use crate::KafkaConfig;
 
-/// A stream consumer subscribed to `topics` in `group_id`.
+/// Records between the consumer's position and the partition's high watermark, by `group`,
+/// `topic` and `partition` (from librdkafka's statistics, every `STATS_INTERVAL_MS`).
+pub const CONSUMER_LAG: &str = "substrate_kafka_consumer_lag_records";
+/// The partition's high watermark as the consumer last saw it.
+pub const HIGH_WATERMARK: &str = "substrate_kafka_partition_high_watermark";
+/// Partitions assigned to this consumer, by `group`.
+pub const ASSIGNED_PARTITIONS: &str = "substrate_kafka_consumer_assigned_partitions";
+/// How often librdkafka reports the consumer's statistics.
+pub const STATS_INTERVAL_MS: u64 = 5_000;
+
+/// A consumer of the platform: a stream consumer whose statistics become lag gauges.
+pub type GroupConsumer = StreamConsumer<LagReporter>;
+
+/// Turns librdkafka's statistics of one consumer into [`CONSUMER_LAG`] and
+/// [`HIGH_WATERMARK`] per assigned partition.
+pub struct LagReporter {
+    group: String,
+}
+
+impl ClientContext for LagReporter {
+    fn stats(&self, statistics: Statistics) {
+        let mut assigned = 0u64;
+        for (topic, stats) in &statistics.topics {
+            for (partition, p) in &stats.partitions {
+                // -1 is librdkafka's internal "unassigned" partition; a negative lag means the
+                // position is not known yet (nothing fetched since the assignment).
+                if *partition < 0 || !p.desired || p.consumer_lag < 0 {
+                    continue;
+                }
+                assigned += 1;
+                let labels = [
+                    ("group", self.group.clone()),
+                    ("topic", topic.clone()),
+                    ("partition", partition.to_string()),
+                ];
+                metrics::gauge!(CONSUMER_LAG, &labels).set(p.consumer_lag as f64);
+                metrics::gauge!(HIGH_WATERMARK, &labels).set(p.hi_offset as f64);
+            }
+        }
+        metrics::gauge!(ASSIGNED_PARTITIONS, "group" => self.group.clone()).set(assigned as f64);
+    }
+}
+
+impl ConsumerContext for LagReporter {}
+
+/// A stream consumer subscribed to `topics` in `group_id`, reporting its lag.
 pub fn subscribe(
     config: &KafkaConfig,
     group_id: &str,
     topics: &[&str],
-) -> Result<StreamConsumer, KafkaError> {
-    let consumer: StreamConsumer = config.consumer_config(group_id).create()?;
+) -> Result<GroupConsumer, KafkaError> {
+    let mut client = config.consumer_config(group_id);
+    client.set("statistics.interval.ms", STATS_INTERVAL_MS.to_string());
+    let consumer: GroupConsumer = client.create_with_context(LagReporter {
+        group: group_id.to_string(),
+    })?;
     consumer.subscribe(topics)?;
     Ok(consumer)
 }
@@ -45,7 +96,10 @@ impl OffsetBatch {
     }
 
     /// Stores the next offset to read for every partition seen; auto-commit sends them.
-    pub fn store<C: Consumer>(&self, consumer: &C) -> Result<(), KafkaError> {
+    pub fn store<X: ConsumerContext, C: Consumer<X>>(
+        &self,
+        consumer: &C,
+    ) -> Result<(), KafkaError> {
         if self.next.is_empty() {
             return Ok(());
         }

@@ -7,14 +7,19 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use rdkafka::consumer::Consumer;
+use rdkafka::consumer::{Consumer, ConsumerContext, DefaultConsumerContext};
 use rdkafka::message::Message;
 use rdkafka::util::Timeout;
 use rdkafka::{Offset, TopicPartitionList};
 
 /// Holds back records of delay topics until they are due by pausing their partition.
-pub struct DelayGate<C: Consumer + Send + Sync + 'static> {
+pub struct DelayGate<C, X = DefaultConsumerContext>
+where
+    C: Consumer<X> + Send + Sync + 'static,
+    X: ConsumerContext + 'static,
+{
     consumer: Arc<C>,
+    context: std::marker::PhantomData<fn() -> X>,
     /// Partitions paused and rewound to this offset; later records still buffered are stale.
     paused_at: Mutex<HashMap<(String, i32), i64>>,
 }
@@ -30,10 +35,15 @@ pub enum Gate {
     Stale,
 }
 
-impl<C: Consumer + Send + Sync + 'static> DelayGate<C> {
+impl<C, X> DelayGate<C, X>
+where
+    C: Consumer<X> + Send + Sync + 'static,
+    X: ConsumerContext + 'static,
+{
     pub fn new(consumer: Arc<C>) -> Self {
         Self {
             consumer,
+            context: std::marker::PhantomData,
             paused_at: Mutex::new(HashMap::new()),
         }
     }

@@ -9,10 +9,10 @@ use std::time::Duration;
 use rdkafka::message::{Header, Message};
 
 use crate::dead_letter::DeadLetter;
-use crate::headers::header_str;
+use crate::headers::{header_str, TRACEPARENT};
 use crate::origin::{
     copy_headers, Origin, RETRY_ATTEMPTS, RETRY_DUE_MS, RETRY_ERROR, RETRY_HEADER_PREFIX,
-    RETRY_ORIGIN_OFFSET, RETRY_ORIGIN_PARTITION, RETRY_ORIGIN_TOPIC,
+    RETRY_ORIGIN_OFFSET, RETRY_ORIGIN_PARTITION, RETRY_ORIGIN_TOPIC, RETRY_ORIGIN_TRACEPARENT,
 };
 use crate::producer::{ProduceError, Producer};
 
@@ -235,7 +235,17 @@ impl Retrier {
         let partition = state.origin.partition.to_string();
         let offset = state.origin.offset.to_string();
         let error: String = error.chars().take(2000).collect();
+        // The first attempt's context, kept across every retry (the record's own `traceparent`
+        // becomes the retry's send span).
+        let first_trace = message
+            .headers()
+            .and_then(|h| {
+                header_str(h, RETRY_ORIGIN_TRACEPARENT).or_else(|| header_str(h, TRACEPARENT))
+            })
+            .unwrap_or_default()
+            .to_string();
         for (key, value) in [
+            (RETRY_ORIGIN_TRACEPARENT, first_trace.as_str()),
             (RETRY_ATTEMPTS, made_text.as_str()),
             (RETRY_DUE_MS, due_text.as_str()),
             (RETRY_ERROR, error.as_str()),

@@ -1,5 +1,6 @@
 //! CloudEvents binary-mode attributes (`ce_*` headers) and the W3C `traceparent` header that
-//! every record carries. Parsing is lenient on read and strict on write.
+//! every record carries (the type itself is `substrate_runtime::trace`'s). Parsing is lenient on
+//! read and strict on write.
 
 use chrono::{DateTime, SecondsFormat, Utc};
 use rdkafka::message::{Header, Headers, OwnedHeaders};
@@ -11,7 +12,7 @@ pub const CE_SOURCE: &str = "ce_source";
 pub const CE_TIME: &str = "ce_time";
 pub const CE_SPECVERSION: &str = "ce_specversion";
 pub const CONTENT_TYPE: &str = "content-type";
-pub const TRACEPARENT: &str = "traceparent";
+pub use substrate_runtime::trace::{TraceParent, TRACEPARENT};
 pub const AVRO_CONTENT_TYPE: &str = "application/avro";
 
 /// The CloudEvents context attributes of one record.
@@ -83,72 +84,6 @@ pub fn header_str<'a, H: Headers>(headers: &'a H, key: &str) -> Option<&'a str> 
         .and_then(|v| std::str::from_utf8(v).ok())
 }
 
-/// W3C Trace Context `traceparent`: `00-<trace id>-<parent id>-<flags>`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct TraceParent {
-    pub trace_id: u128,
-    pub parent_id: u64,
-    pub sampled: bool,
-}
-
-impl TraceParent {
-    /// A new root trace.
-    pub fn new_root() -> Self {
-        Self {
-            trace_id: rand::random::<u128>().max(1),
-            parent_id: rand::random::<u64>().max(1),
-            sampled: true,
-        }
-    }
-
-    /// A child span in the same trace (a new parent id).
-    pub fn child(&self) -> Self {
-        Self {
-            trace_id: self.trace_id,
-            parent_id: rand::random::<u64>().max(1),
-            sampled: self.sampled,
-        }
-    }
-
-    /// Parses a header value; invalid values (wrong length, all-zero ids, version ff) are `None`.
-    pub fn parse(value: &str) -> Option<Self> {
-        let mut parts = value.trim().split('-');
-        let version = parts.next()?;
-        let trace = parts.next()?;
-        let parent = parts.next()?;
-        let flags = parts.next()?;
-        if version.len() != 2 || version == "ff" || trace.len() != 32 || parent.len() != 16 {
-            return None;
-        }
-        if version == "00" && parts.next().is_some() {
-            return None;
-        }
-        let trace_id = u128::from_str_radix(trace, 16).ok()?;
-        let parent_id = u64::from_str_radix(parent, 16).ok()?;
-        let flags = u8::from_str_radix(flags.get(..2)?, 16).ok()?;
-        if trace_id == 0 || parent_id == 0 || trace.chars().any(|c| c.is_ascii_uppercase()) {
-            return None;
-        }
-        Some(Self {
-            trace_id,
-            parent_id,
-            sampled: flags & 1 == 1,
-        })
-    }
-}
-
-impl std::fmt::Display for TraceParent {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "00-{:032x}-{:016x}-{:02x}",
-            self.trace_id,
-            self.parent_id,
-            u8::from(self.sampled)
-        )
-    }
-}
-
 /// A deterministic CloudEvents id for the result of one step of a request: the same request,
 /// topic (the unprefixed name) and step always give the same id, so a step repeated after a crash
 /// is recognised downstream. `UUIDv5(request, "<topic>#<step>")`.
@@ -161,30 +96,6 @@ mod tests {
     use rdkafka::message::Headers;
 
     use super::*;
-
-    #[test]
-    fn traceparent_round_trips_and_rejects_invalid() {
-        let tp = TraceParent::new_root();
-        let text = tp.to_string();
-        assert_eq!(text.len(), 55);
-        assert_eq!(TraceParent::parse(&text), Some(tp));
-        let known = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
-        let parsed = TraceParent::parse(known).unwrap();
-        assert_eq!(parsed.to_string(), known);
-        for bad in [
-            "",
-            "00-00000000000000000000000000000000-00f067aa0ba902b7-01",
-            "00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000000000-01",
-            "ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
-            "00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01",
-            "00-4bf92f3577b34da6a3ce929d0e0e473-00f067aa0ba902b7-01",
-        ] {
-            assert_eq!(TraceParent::parse(bad), None, "{bad}");
-        }
-        let child = parsed.child();
-        assert_eq!(child.trace_id, parsed.trace_id);
-        assert_ne!(child.parent_id, parsed.parent_id);
-    }
 
     #[test]
     fn cloud_event_headers_round_trip() {

@@ -16,6 +16,7 @@ pub mod media;
 pub mod origin;
 pub mod producer;
 pub mod progress;
+pub mod spans;
 pub mod worker;
 
 pub use config::KafkaConfig;

@@ -24,6 +24,8 @@ pub const RETRY_ERROR: &str = "retry_error";
 pub const RETRY_ORIGIN_TOPIC: &str = "retry_origin_topic";
 pub const RETRY_ORIGIN_PARTITION: &str = "retry_origin_partition";
 pub const RETRY_ORIGIN_OFFSET: &str = "retry_origin_offset";
+/// The `traceparent` of the record's first attempt; each retry's span links to it.
+pub const RETRY_ORIGIN_TRACEPARENT: &str = "retry_origin_traceparent";
 
 /// Where a record first entered the platform's processing (before any retry topic).
 #[derive(Debug, Clone, PartialEq, Eq)]

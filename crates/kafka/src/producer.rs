@@ -16,6 +16,7 @@ use rdkafka::producer::{FutureProducer, FutureRecord, Producer as _};
 use rdkafka::util::Timeout;
 
 use substrate_runtime::failure::{Class, Classify};
+use tracing::Instrument;
 
 use crate::KafkaConfig;
 
@@ -153,6 +154,39 @@ impl Producer {
     /// Sends one record and waits for the broker's acknowledgement. Never blocks on a full
     /// queue: that is reported as `Unavailable` at once.
     pub async fn send(
+        &self,
+        topic: &str,
+        key: Option<&[u8]>,
+        payload: &[u8],
+        headers: OwnedHeaders,
+    ) -> Result<Acked, ProduceError> {
+        let span = crate::spans::send(topic, &headers);
+        let headers = crate::spans::carry(&span, headers);
+        let result = self
+            .send_carried(topic, key, payload, headers)
+            .instrument(span.clone())
+            .await;
+        match &result {
+            Ok(acked) => {
+                span.record(
+                    "messaging.destination.partition.id",
+                    acked.partition.to_string(),
+                );
+                span.record("messaging.kafka.offset", acked.offset);
+            }
+            Err(e) => crate::spans::record_error(
+                &span,
+                if e.is_transient() {
+                    "unavailable"
+                } else {
+                    "rejected"
+                },
+            ),
+        }
+        result
+    }
+
+    async fn send_carried(
         &self,
         topic: &str,
         key: Option<&[u8]>,

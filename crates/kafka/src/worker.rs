@@ -7,11 +7,12 @@ use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
+use rdkafka::consumer::{CommitMode, Consumer};
 use rdkafka::message::{Message, OwnedMessage};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+use tracing::Instrument;
 
 use crate::consumer::OffsetBatch;
 use crate::in_flight::InFlight;
@@ -19,9 +20,12 @@ use crate::in_flight::InFlight;
 /// Reads `consumer` until `shutdown`, handing every record that `admit` lets through to
 /// `handle`. `handle` returns true once the record's effects are durable (its offset may then be
 /// stored) and false when it was interrupted (the record is redelivered after a restart).
-/// At shutdown, running handlers get `drain` to finish before the final offset commit.
+/// At shutdown, running handlers get `drain` to finish before the final offset commit. Each
+/// handler runs in the record's `process` span (consumer group `group`).
+#[allow(clippy::too_many_arguments)]
 pub async fn run<A, H, Fut>(
-    consumer: Arc<StreamConsumer>,
+    consumer: Arc<crate::consumer::GroupConsumer>,
+    group: &str,
     max_in_flight: usize,
     shutdown: CancellationToken,
     drain: Duration,
@@ -68,7 +72,8 @@ pub async fn run<A, H, Fut>(
             .lock()
             .expect("in-flight lock")
             .begin(&topic, partition, offset);
-        let work = handle(message);
+        let span = crate::spans::process(&message, group);
+        let work = span.in_scope(|| handle(message)).instrument(span);
         let in_flight = in_flight.clone();
         let consumer = consumer.clone();
         tasks.spawn(async move {

@@ -23,6 +23,7 @@ use substrate_db::media::{self as db_media, DeadlineKind, SagaState};
 use substrate_kafka::progress::GroupProgress;
 use substrate_kafka::TraceParent;
 use substrate_runtime::failure::Classify;
+use tracing::Instrument;
 use uuid::Uuid;
 
 use crate::emit::Topic;
@@ -63,7 +64,18 @@ pub async fn run(
                         continue;
                     }
                     let (request, kind) = (deadline.request_id, deadline.kind);
-                    match fire(&engine, request, kind).await {
+                    // In the trace of the upload intent that started the saga.
+                    let span = tracing::debug_span!(
+                        "deadline",
+                        otel.name = format!("fire {kind}"),
+                        media.request_id = %request
+                    );
+                    let saga_trace = deadline.traceparent.as_deref().and_then(TraceParent::parse);
+                    substrate_runtime::trace::set_parent(&span, saga_trace);
+                    match fire(&engine, request, kind, saga_trace)
+                        .instrument(span)
+                        .await
+                    {
                         Ok(()) => {}
                         Err(error) if error.is_transient() => {
                             tracing::warn!(%request, %kind, %error, "handling a deadline failed; it stays due")
@@ -138,7 +150,12 @@ async fn abandon(engine: &Engine, request: Uuid, kind: DeadlineKind, error: &Ste
 
 const BATCH: i64 = 256;
 
-async fn fire(engine: &Engine, request: Uuid, kind: DeadlineKind) -> Result<(), StepError> {
+async fn fire(
+    engine: &Engine,
+    request: Uuid,
+    kind: DeadlineKind,
+    saga_trace: Option<TraceParent>,
+) -> Result<(), StepError> {
     let mut client = engine.pool.get().await.map_err(db)?;
     let tx = client.transaction().await.map_err(db)?;
     if !db_media::lock_due_deadline(&tx, request, kind)
@@ -148,7 +165,7 @@ async fn fire(engine: &Engine, request: Uuid, kind: DeadlineKind) -> Result<(), 
         return Ok(());
     }
     let saga = db_media::lock_saga(&tx, request).await.map_err(db)?;
-    let trace = TraceParent::new_root();
+    let trace = TraceParent::outgoing(saga_trace);
     let mut remove_upload = None;
     let mut finished = None;
     let effect = match (kind, saga) {

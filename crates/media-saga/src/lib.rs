@@ -127,9 +127,13 @@ pub async fn serve(
             let storage = s3_check.clone();
             async move { storage.check_bucket().await }
         });
-    let app = Router::new()
-        .route("/webhooks/media-upload", post(webhooks::s3_event))
-        .route("/webhooks/file-ready", post(webhooks::s3_event))
+    // The webhooks in server spans that continue the S3 server's `traceparent` (if it sends one).
+    let hooks = substrate_runtime::http::traced(
+        Router::new()
+            .route("/webhooks/media-upload", post(webhooks::s3_event))
+            .route("/webhooks/file-ready", post(webhooks::s3_event)),
+    );
+    let app = hooks
         .with_state(engine.clone())
         .merge(ops::router(readiness))
         // After every route: JSON errors instead of axum's empty 404 and 405.
@@ -169,6 +173,7 @@ pub async fn serve(
     };
     substrate_kafka::worker::run(
         Arc::new(consumer),
+        &c.group_id,
         c.max_in_flight,
         shutdown.token(),
         shutdown.grace(),

@@ -9,6 +9,7 @@ use aws_sdk_s3::types::{
     LifecycleRuleFilter,
 };
 use substrate_s3::{error_message, head, Client, ObjectHead};
+use tracing::Instrument;
 use uuid::Uuid;
 
 pub struct Storage {
@@ -107,15 +108,20 @@ impl Storage {
     /// finished the copy if `to` holds `size` bytes.
     pub async fn move_object(&self, from: &str, to: &str, size: i64) -> Result<i64, String> {
         let source = format!("{}/{}", self.bucket, encode_key(from));
-        let copied = self
+        let span = substrate_s3::span("CopyObject", &self.bucket, to);
+        let copy = self
             .client
             .copy_object()
             .bucket(&self.bucket)
             .key(to)
             .copy_source(source)
+            .customize();
+        let copied = substrate_s3::carry(copy, &span)
             .send()
+            .instrument(span.clone())
             .await;
         if let Err(e) = copied {
+            substrate_s3::record_error(&span, "s3_error");
             let message = error_message(&e);
             let source_gone = e.raw_response().is_some_and(|r| r.status().as_u16() == 404);
             if !source_gone {
@@ -132,17 +138,24 @@ impl Storage {
 
     /// Deletes `key`; deleting a missing object succeeds.
     pub async fn delete(&self, key: &str) -> Result<(), String> {
-        match self
+        let span = substrate_s3::span("DeleteObject", &self.bucket, key);
+        let delete = self
             .client
             .delete_object()
             .bucket(&self.bucket)
             .key(key)
+            .customize();
+        match substrate_s3::carry(delete, &span)
             .send()
+            .instrument(span.clone())
             .await
         {
             Ok(_) => Ok(()),
             Err(e) if e.raw_response().is_some_and(|r| r.status().as_u16() == 404) => Ok(()),
-            Err(e) => Err(format!("deleting {key}: {}", error_message(&e))),
+            Err(e) => {
+                substrate_s3::record_error(&span, "s3_error");
+                Err(format!("deleting {key}: {}", error_message(&e)))
+            }
         }
     }
 

@@ -69,6 +69,7 @@ pub async fn serve(
         batch_linger: Duration::from_millis(w.batch_linger_ms.min(w.batch_max_ms)),
         drain: shutdown.grace(),
         concurrent_writes: w.concurrent_writes,
+        group_id: w.group_id.clone(),
     };
     let result = writer.run(shutdown.token()).await;
     shutdown.cancel();

@@ -10,23 +10,23 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use futures::stream::{FuturesOrdered, StreamExt};
-use rdkafka::consumer::StreamConsumer;
 use rdkafka::message::{BorrowedMessage, Message};
 use substrate_avro::{avro_to_json, Registry};
 use substrate_db::notifications::{insert_batch, NewNotification};
 use substrate_db::Pool;
 use substrate_kafka::consumer::OffsetBatch;
 use substrate_kafka::headers::{header_str, CE_ID, CE_TIME};
-use substrate_kafka::{DeadLetter, Origin as RecordOrigin};
+use substrate_kafka::{DeadLetter, Origin as RecordOrigin, TraceParent};
 use substrate_runtime::failure::{write_splitting, Backoff, Classify, Failure};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 use crate::mapping::{Mapping, Origin};
 use crate::metrics::{BATCH_ROWS, DB_RETRIES, DEAD_LETTERED, ROWS_INSERTED};
 
 pub struct Writer {
-    pub consumer: StreamConsumer,
+    pub consumer: substrate_kafka::consumer::GroupConsumer,
     pub registry: Registry,
     pub pool: Pool,
     pub dead_letter: DeadLetter,
@@ -39,7 +39,12 @@ pub struct Writer {
     pub drain: Duration,
     /// Full batches written at once (each on its own connection).
     pub concurrent_writes: usize,
+    /// The consumer group (named on each record's span).
+    pub group_id: String,
 }
+
+/// Links from a batch's write span to the rows' spans, at most.
+const MAX_LINKS: usize = 128;
 
 /// Shutdown interrupted a retry; what was not written is redelivered after a restart.
 struct Interrupted;
@@ -54,12 +59,16 @@ struct Batch<'a> {
     rows: Vec<NewNotification>,
     sources: Vec<BorrowedMessage<'a>>,
     offsets: OffsetBatch,
+    /// The contexts of the rows' `process` spans (tracing on): the insert is a child of the
+    /// first and links to the others.
+    traces: Vec<TraceParent>,
 }
 
 impl Batch<'_> {
     fn clear(&mut self) {
         self.rows.clear();
         self.sources.clear();
+        self.traces.clear();
         self.offsets = OffsetBatch::new();
     }
 }
@@ -70,6 +79,7 @@ impl Writer {
             rows: Vec::with_capacity(self.batch_max_rows),
             sources: Vec::with_capacity(self.batch_max_rows),
             offsets: OffsetBatch::new(),
+            traces: Vec::new(),
         };
         let mut batch = empty();
         // Full batches are written while the next ones are read and decoded, up to
@@ -116,10 +126,12 @@ impl Writer {
                     };
                     let (topic, partition, offset) =
                         (message.topic().to_string(), message.partition(), message.offset());
-                    match self.process(&message, &shutdown).await {
+                    let span = substrate_kafka::spans::process(&message, &self.group_id);
+                    match self.process(&message, &shutdown).instrument(span.clone()).await {
                         Ok(row) => {
                             batch.rows.push(row);
                             batch.sources.push(message);
+                            batch.traces.extend(TraceParent::of(&span));
                         }
                         Err(failure) if failure.is_transient() => break, // shutdown during a retry
                         Err(failure) => {
@@ -321,6 +333,17 @@ impl Writer {
         }
         let rows = &batch.rows;
         let sources = &batch.sources;
+        let span = tracing::debug_span!(
+            "write batch",
+            otel.name = "write user_notifications",
+            batch.rows = rows.len()
+        );
+        if let Some((first, others)) = batch.traces.split_first() {
+            substrate_runtime::trace::set_parent(&span, Some(*first));
+            for other in others.iter().take(MAX_LINKS) {
+                substrate_runtime::trace::add_link(&span, *other);
+            }
+        }
         let written = write_splitting(
             rows.len(),
             shutdown,
@@ -339,6 +362,7 @@ impl Writer {
                 self.park(&sources[index], &failure, shutdown).await
             },
         )
+        .instrument(span)
         .await;
         written.map_err(|_| Interrupted)
     }

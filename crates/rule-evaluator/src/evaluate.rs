@@ -6,16 +6,15 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use rdkafka::consumer::StreamConsumer;
 use rdkafka::message::{BorrowedMessage, Message};
 use serde_json::{json, Value as Json};
 use substrate_avro::{avro_to_json, Registry, TopicSchema};
 use substrate_kafka::consumer::OffsetBatch;
-use substrate_kafka::headers::{header_str, TRACEPARENT};
 use substrate_kafka::{CloudEvent, DeadLetter, Origin, Producer, TraceParent};
 use substrate_rules::{CeAttributes, Event};
 use substrate_runtime::failure::{Backoff, Classify, Failure};
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 use uuid::Uuid;
 
 use crate::metrics::{DEAD_LETTERED, EVENTS, MATCHES, REQUESTS};
@@ -32,7 +31,7 @@ pub fn request_id(event_id: &str, rule_id: Uuid, action_index: usize) -> Uuid {
 }
 
 pub struct Evaluator {
-    pub consumer: StreamConsumer,
+    pub consumer: substrate_kafka::consumer::GroupConsumer,
     pub registry: Registry,
     pub store: Arc<Store>,
     pub producer: Producer,
@@ -41,6 +40,8 @@ pub struct Evaluator {
     pub dispatch_schema: TopicSchema,
     pub unified_topic: String,
     pub unified_schema: TopicSchema,
+    /// The consumer group (named on each event's span).
+    pub group_id: String,
 }
 
 /// Events handled together: their effects are produced concurrently, then their offsets stored.
@@ -75,8 +76,11 @@ impl Evaluator {
             }
             // Effects of different events may land in any order; each event's requests are
             // acknowledged before any offset of the batch is stored.
-            let done =
-                futures::future::join_all(batch.iter().map(|m| self.handle(m, &shutdown))).await;
+            let done = futures::future::join_all(batch.iter().map(|m| {
+                self.handle(m, &shutdown)
+                    .instrument(substrate_kafka::spans::process(m, &self.group_id))
+            }))
+            .await;
             if done.iter().any(|finished| !finished) {
                 break;
             }
@@ -164,11 +168,7 @@ impl Evaluator {
             .map(|c| c.time.timestamp_millis())
             .unwrap_or_else(|| chrono::Utc::now().timestamp_millis());
         let source = ce.as_ref().map(|c| c.source.clone()).unwrap_or_default();
-        let trace = headers
-            .and_then(|h| header_str(h, TRACEPARENT))
-            .and_then(TraceParent::parse)
-            .map(|t| t.child())
-            .unwrap_or_else(TraceParent::new_root);
+        let trace = TraceParent::outgoing(substrate_kafka::spans::record_context(message));
 
         metrics::counter!(EVENTS, "topic" => topic.to_string()).increment(1);
         let rules = self.store.rules_for(topic, schema_id, &schema);

@@ -97,6 +97,7 @@ pub async fn serve(
         dispatch_schema,
         unified_topic: c.unified_topic.clone(),
         unified_schema,
+        group_id: c.group_id.clone(),
     };
     let result = evaluator.run(shutdown.token()).await;
     shutdown.cancel();

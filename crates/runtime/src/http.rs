@@ -18,6 +18,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tower::limit::GlobalConcurrencyLimitLayer;
 use tower::ServiceBuilder;
+use tracing::Instrument;
 
 /// Requests shed or timed out, by `reason` (`overloaded`, `timeout`).
 pub const HTTP_SHED: &str = "substrate_http_requests_shed_total";
@@ -119,6 +120,54 @@ pub fn bounded(router: Router, limits: &HttpLimits) -> Router {
                 .timeout(Duration::from_millis(limits.request_timeout_ms)),
         )
         .layer(axum::middleware::from_fn(close_if_body_unread))
+}
+
+/// `router`'s routes, each request in a server span (OpenTelemetry HTTP conventions) that
+/// continues the caller's `traceparent`. Call after the routes are added: requests that match no
+/// route (the fallback) are not traced. Without tracing the layer passes requests straight on.
+pub fn traced<S: Clone + Send + Sync + 'static>(router: Router<S>) -> Router<S> {
+    router.route_layer(axum::middleware::from_fn(trace_request))
+}
+
+async fn trace_request(request: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    if !crate::trace::enabled() {
+        return next.run(request).await;
+    }
+    let method = request.method().as_str().to_owned();
+    let route = request
+        .extensions()
+        .get::<axum::extract::MatchedPath>()
+        .map(|p| p.as_str().to_owned())
+        .unwrap_or_default();
+    let span = tracing::debug_span!(
+        "http request",
+        otel.name = format!("{method} {route}"),
+        otel.kind = "server",
+        otel.status_code = tracing::field::Empty,
+        http.request.method = method,
+        http.route = route,
+        url.path = request.uri().path(),
+        url.scheme = "http",
+        network.protocol.version = "1.1",
+        user_agent.original = request
+            .headers()
+            .get(header::USER_AGENT)
+            .and_then(|v| v.to_str().ok()),
+        http.response.status_code = tracing::field::Empty,
+    );
+    let parent = request
+        .headers()
+        .get(crate::trace::TRACEPARENT)
+        .and_then(|v| v.to_str().ok())
+        .and_then(crate::trace::TraceParent::parse);
+    crate::trace::set_parent(&span, parent);
+    let response = next.run(request).instrument(span.clone()).await;
+    let status = response.status();
+    span.record("http.response.status_code", status.as_u16());
+    if status.is_server_error() {
+        span.record("otel.status_code", "ERROR");
+    }
+    response
 }
 
 /// Adds `Connection: close` to an answer that left the request's body unread.

@@ -8,10 +8,12 @@ pub mod http;
 pub mod ops;
 pub mod shutdown;
 pub mod telemetry;
+pub mod trace;
 
 pub use config::{load_config, ConfigError, Validate};
 pub use failure::{Backoff, Class, Classify, Failure};
 pub use shutdown::{LifecycleConfig, Shutdown};
+pub use trace::TraceParent;
 
 use std::future::Future;
 use std::process::ExitCode;
@@ -42,7 +44,7 @@ macro_rules! service_config {
 /// The body of every service's `main`: report a configuration error (exit 2), set up logging,
 /// cancel on SIGTERM/SIGINT (a second signal exits at once), run, drain the tracked background
 /// tasks within the configured grace, and exit 0 after a clean stop or 1 after a failure (of
-/// `run` or of any background task).
+/// `run` or of any background task). Spans still held are exported before the exit.
 pub async fn run_service<C, Fut>(
     name: &'static str,
     config: Result<C, ConfigError>,
@@ -52,19 +54,20 @@ where
     C: ServiceConfig,
     Fut: Future<Output = anyhow::Result<()>>,
 {
-    let config = match config {
+    let config = match config.and_then(|c| c.telemetry().check().map(|()| c)) {
         Ok(config) => config,
         Err(e) => {
             eprintln!("{name}: {e}");
             return ExitCode::from(2);
         }
     };
-    telemetry::init(config.telemetry());
+    telemetry::init_service(config.telemetry(), name);
     let shutdown = Shutdown::new(config.lifecycle().grace());
     shutdown.cancel_on_signals();
     let result = run(config, shutdown.clone()).await;
     shutdown.cancel();
     shutdown.drain().await;
+    telemetry::shutdown(std::time::Duration::from_secs(5)).await;
     match result {
         Ok(()) if !shutdown.failed() => {
             tracing::info!("{name} stopped");

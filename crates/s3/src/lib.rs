@@ -1,6 +1,7 @@
 //! The object store: an aws-sdk-s3 client built from the platform's configuration. Works with
 //! AWS S3 and S3-compatible servers (SeaweedFS locally, MinIO in compose) through a custom
-//! endpoint and path-style addressing.
+//! endpoint and path-style addressing. Calls made through [`span`] and [`carry`] are client
+//! spans that hand their context on to the server as `traceparent`.
 
 use std::time::Duration;
 
@@ -8,7 +9,53 @@ use aws_sdk_s3::config::timeout::TimeoutConfig;
 use aws_sdk_s3::config::{BehaviorVersion, Credentials, Region};
 use serde::Deserialize;
 
+use aws_sdk_s3::client::customize::CustomizableOperation;
 pub use aws_sdk_s3::Client;
+use substrate_runtime::trace::{self, TraceParent, TRACEPARENT};
+use tracing::field::Empty;
+use tracing::{Instrument, Span};
+
+/// A client span for one S3 call (`S3.PutObject`) with the storage attributes (OpenTelemetry's
+/// AWS SDK conventions); disabled, and free, without tracing.
+pub fn span(operation: &'static str, bucket: &str, key: &str) -> Span {
+    if !trace::enabled() {
+        return Span::none();
+    }
+    tracing::debug_span!(
+        "s3",
+        otel.name = format!("S3.{operation}"),
+        otel.kind = "client",
+        otel.status_code = Empty,
+        rpc.system = "aws-api",
+        rpc.service = "S3",
+        rpc.method = operation,
+        aws.s3.bucket = bucket,
+        aws.s3.key = key,
+        error.type = Empty,
+    )
+}
+
+/// `operation` with `span`'s context as its `traceparent` header.
+pub fn carry<T, E, B>(
+    operation: CustomizableOperation<T, E, B>,
+    span: &Span,
+) -> CustomizableOperation<T, E, B> {
+    match TraceParent::of(span) {
+        Some(context) => {
+            let value = context.to_string();
+            operation.mutate_request(move |request| {
+                request.headers_mut().insert(TRACEPARENT, value.clone());
+            })
+        }
+        None => operation,
+    }
+}
+
+/// Marks `span` failed.
+pub fn record_error(span: &Span, error: &str) {
+    span.record("otel.status_code", "ERROR");
+    span.record("error.type", error);
+}
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -182,7 +229,15 @@ pub struct ObjectHead {
 
 /// HEADs `bucket/key`: `None` when there is no such object.
 pub async fn head(client: &Client, bucket: &str, key: &str) -> Result<Option<ObjectHead>, String> {
-    match client.head_object().bucket(bucket).key(key).send().await {
+    let span = span("HeadObject", bucket, key);
+    let sent = carry(
+        client.head_object().bucket(bucket).key(key).customize(),
+        &span,
+    )
+    .send()
+    .instrument(span.clone())
+    .await;
+    match sent {
         Ok(out) => Ok(Some(ObjectHead {
             size: out.content_length().unwrap_or(0),
             content_type: out.content_type().map(str::to_string),
@@ -193,6 +248,7 @@ pub async fn head(client: &Client, bucket: &str, key: &str) -> Result<Option<Obj
             if not_found {
                 Ok(None)
             } else {
+                record_error(&span, "s3_error");
                 Err(error_message(&e))
             }
         }

@@ -7,8 +7,10 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use aws_sdk_s3::primitives::ByteStream;
+use substrate_runtime::trace::TraceParent;
 use substrate_runtime::Shutdown;
 use tokio::sync::{mpsc, oneshot};
+use tracing::Instrument;
 
 use crate::config::ArchiveConfig;
 
@@ -20,11 +22,16 @@ pub enum ArchiveError {
     Permanent(String),
 }
 
+/// Links from an object's write span to the appends' spans, at most.
+const MAX_LINKS: usize = 128;
+
 struct Item {
     bucket: String,
     dir: String,
     line: Vec<u8>,
     done: oneshot::Sender<Result<String, ArchiveError>>,
+    /// The appending span's context (tracing on).
+    trace: Option<TraceParent>,
 }
 
 #[derive(Clone)]
@@ -81,6 +88,7 @@ impl Archiver {
             dir,
             line,
             done,
+            trace: TraceParent::current(),
         })
         .await
         .map_err(|_| ArchiveError::Retry("the archiver stopped".into()))?;
@@ -93,6 +101,9 @@ impl Archiver {
 struct Batch {
     body: Vec<u8>,
     waiters: Vec<oneshot::Sender<Result<String, ArchiveError>>>,
+    /// The contexts of the appends: the object's write is a child of the first and links to
+    /// the others.
+    traces: Vec<TraceParent>,
     since: Instant,
 }
 
@@ -136,10 +147,12 @@ async fn batcher(
         let batch = batches.entry(key.clone()).or_insert_with(|| Batch {
             body: Vec::new(),
             waiters: Vec::new(),
+            traces: Vec::new(),
             since: Instant::now(),
         });
         batch.body.extend_from_slice(&item.line);
         batch.waiters.push(item.done);
+        batch.traces.extend(item.trace);
         if batch.waiters.len() >= config.max_records || batch.body.len() >= config.max_bytes {
             if let Some(batch) = batches.remove(&key) {
                 flush(&client, key, batch, &shutdown);
@@ -164,14 +177,27 @@ fn flush(
             uuid::Uuid::now_v7().simple()
         );
         let records = batch.waiters.len();
-        let result = client
+        let span = substrate_s3::span("PutObject", &bucket, &key);
+        if let Some((first, others)) = batch.traces.split_first() {
+            substrate_runtime::trace::set_parent(&span, Some(*first));
+            for other in others.iter().take(MAX_LINKS) {
+                substrate_runtime::trace::add_link(&span, *other);
+            }
+        }
+        let put = client
             .put_object()
             .bucket(&bucket)
             .key(&key)
             .content_type("application/x-ndjson")
             .body(ByteStream::from(batch.body))
+            .customize();
+        let result = substrate_s3::carry(put, &span)
             .send()
+            .instrument(span.clone())
             .await;
+        if result.is_err() {
+            substrate_s3::record_error(&span, "s3_error");
+        }
         let outcome = match result {
             Ok(_) => {
                 tracing::debug!(%bucket, %key, records, "archived");

@@ -24,12 +24,7 @@ pub struct KafkaSink {
 
 impl KafkaSink {
     fn trace(request: &Request) -> TraceParent {
-        request
-            .traceparent
-            .as_deref()
-            .and_then(TraceParent::parse)
-            .map(|t| t.child())
-            .unwrap_or_else(TraceParent::new_root)
+        TraceParent::outgoing(request.trace())
     }
 
     async fn produce(

@@ -92,12 +92,7 @@ impl Engine {
             return true;
         };
         let started = Instant::now();
-        let trace = message
-            .headers()
-            .and_then(|h| substrate_kafka::headers::header_str(h, "traceparent"))
-            .and_then(TraceParent::parse)
-            .map(|t| t.child())
-            .unwrap_or_else(TraceParent::new_root);
+        let trace = TraceParent::outgoing(substrate_kafka::spans::record_context(&message));
         let Some(payload) = message.payload() else {
             return self.reject(&message, "the record has no value").await;
         };

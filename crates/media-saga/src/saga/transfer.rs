@@ -8,6 +8,7 @@ use serde_json::json;
 use substrate_db::media::{self as db_media, Saga, SagaState};
 use substrate_kafka::TraceParent;
 use substrate_runtime::failure::{retry_transient, Stopped};
+use tracing::Instrument;
 
 use super::{db, Engine, FileReady, StepError, UploadReceived, UploadRetry};
 use crate::emit::Topic;
@@ -82,19 +83,20 @@ impl Engine {
     /// move that fails or never finishes is caught by the move timeout.
     fn spawn_move(self: &Arc<Self>, saga: Saga, step: u32, trace: TraceParent) {
         let this = self.clone();
-        self.shutdown.spawn_work(async move {
+        // In the trace of the record that asked for the move.
+        let span = tracing::debug_span!("move upload", otel.name = "move upload");
+        let moving = async move {
             let Ok(_permit) = this.moves.clone().acquire_owned().await else {
                 return;
             };
             match this.move_file(&saga).await {
                 Ok(size) => {
                     metrics::counter!(MOVES, "outcome" => "moved").increment(1);
-                    let reported = retry_transient(
-                        &this.shutdown.token(),
-                        "media_saga.report_moved",
-                        || this.emit_ready(&saga, size, step, &trace),
-                    )
-                    .await;
+                    let reported =
+                        retry_transient(&this.shutdown.token(), "media_saga.report_moved", || {
+                            this.emit_ready(&saga, size, step, &trace)
+                        })
+                        .await;
                     if let Err(Stopped::Permanent(error)) = reported {
                         tracing::error!(request = %saga.request_id, %error, "reporting a moved file failed; the move timeout will retry it");
                     }
@@ -104,7 +106,8 @@ impl Engine {
                     tracing::warn!(request = %saga.request_id, %error, "moving an upload failed; the move timeout will retry it");
                 }
             }
-        });
+        };
+        self.shutdown.spawn_work(moving.instrument(span));
     }
 
     async fn move_file(&self, saga: &Saga) -> Result<i64, String> {
@@ -234,14 +237,14 @@ impl Engine {
                 saga.request_id,
                 0,
                 &record,
-                &TraceParent::new_root(),
+                &TraceParent::outgoing(None),
             )
             .await
     }
 
     /// Emits `internal.media.file.ready` for a permanent object reported by an S3 event.
     pub async fn report_ready(&self, saga: &Saga, size: i64) -> Result<(), StepError> {
-        self.emit_ready(saga, size, 0, &TraceParent::new_root())
+        self.emit_ready(saga, size, 0, &TraceParent::outgoing(None))
             .await
     }
 }

@@ -35,6 +35,7 @@ impl Engine {
                     i.request_id,
                     &i.file_name,
                 );
+                let traceparent = trace.to_string();
                 let new = NewSaga {
                     request_id: i.request_id,
                     user_id: i.user_id,
@@ -43,6 +44,7 @@ impl Engine {
                     file_size: i.file_size,
                     upload_path: &upload,
                     permanent_path: &permanent,
+                    traceparent: Some(&traceparent),
                 };
                 let ttl = self.config.upload_ttl().as_secs_f64();
                 let saga = db_media::insert_saga(&tx, &new, debit.approved, ttl)

@@ -1,0 +1,106 @@
+//! Spans of Kafka records, named and attributed by the OpenTelemetry messaging conventions: one
+//! `process <topic>` consumer span per record, a child of the context its `traceparent` header
+//! carries (linked to the first attempt's context when it came through a retry topic), and a
+//! `send <topic>` producer span per record sent, whose context the record carries on. Without
+//! tracing (`substrate_runtime::trace::enabled` false) every span here is disabled and free.
+
+use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
+use substrate_runtime::trace::{self, TraceParent, TRACEPARENT};
+use tracing::field::Empty;
+use tracing::Span;
+
+use crate::headers::{header_str, CE_ID};
+use crate::origin::RETRY_ORIGIN_TRACEPARENT;
+
+/// The context a record carries in its `traceparent` header.
+pub fn record_context<M: Message>(message: &M) -> Option<TraceParent> {
+    message
+        .headers()
+        .and_then(|h| header_str(h, TRACEPARENT))
+        .and_then(TraceParent::parse)
+}
+
+/// The consumer span for processing `message` in consumer group `group`.
+pub fn process<M: Message>(message: &M, group: &str) -> Span {
+    if !trace::enabled() {
+        return Span::none();
+    }
+    let topic = message.topic();
+    let headers = message.headers();
+    let span = tracing::debug_span!(
+        "process",
+        otel.name = format!("process {topic}"),
+        otel.kind = "consumer",
+        otel.status_code = Empty,
+        messaging.system = "kafka",
+        messaging.operation.type = "process",
+        messaging.operation.name = "process",
+        messaging.destination.name = topic,
+        messaging.destination.partition.id = message.partition().to_string(),
+        messaging.kafka.offset = message.offset(),
+        messaging.consumer.group.name = group,
+        messaging.message.id = headers.and_then(|h| header_str(h, CE_ID)),
+        error.type = Empty,
+    );
+    trace::set_parent(&span, record_context(message));
+    if let Some(first) = headers
+        .and_then(|h| header_str(h, RETRY_ORIGIN_TRACEPARENT))
+        .and_then(TraceParent::parse)
+    {
+        trace::add_link(&span, first);
+    }
+    span
+}
+
+/// Marks `span` failed with `error` (a short, non-secret description).
+pub fn record_error(span: &Span, error_type: &str) {
+    span.record("otel.status_code", "ERROR");
+    span.record("error.type", error_type);
+}
+
+/// The producer span for sending one record with `headers` to `topic`: a child of the current
+/// span, or, outside any span (a timer firing), of the context the headers carry.
+pub(crate) fn send(topic: &str, headers: &OwnedHeaders) -> Span {
+    if !trace::enabled() {
+        return Span::none();
+    }
+    let span = tracing::debug_span!(
+        "send",
+        otel.name = format!("send {topic}"),
+        otel.kind = "producer",
+        otel.status_code = Empty,
+        messaging.system = "kafka",
+        messaging.operation.type = "send",
+        messaging.operation.name = "send",
+        messaging.destination.name = topic,
+        messaging.destination.partition.id = Empty,
+        messaging.kafka.offset = Empty,
+        error.type = Empty,
+    );
+    if TraceParent::current().is_none() {
+        trace::set_parent(
+            &span,
+            header_str(headers, TRACEPARENT).and_then(TraceParent::parse),
+        );
+    }
+    span
+}
+
+/// `headers` with `traceparent` replaced by `span`'s context (unchanged when `span` has none).
+pub(crate) fn carry(span: &Span, headers: OwnedHeaders) -> OwnedHeaders {
+    let Some(context) = TraceParent::of(span) else {
+        return headers;
+    };
+    let value = context.to_string();
+    let mut carried = OwnedHeaders::new_with_capacity(headers.count() + 1);
+    for h in headers.iter().filter(|h| h.key != TRACEPARENT) {
+        carried = carried.insert(Header {
+            key: h.key,
+            value: h.value,
+        });
+    }
+    carried.insert(Header {
+        key: TRACEPARENT,
+        value: Some(value.as_str()),
+    })
+}
