@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
 # The project's own Rust services on top of the infra (scripts/stack/stack.sh start must have run).
-# Usage: scripts/stack/services.sh {start|stop|status|build}
+# Usage: scripts/stack/services.sh {start|stop|status|build|start-one NAME|stop-one NAME}
 #   start: stop running services, cargo build --release, esctl migrate, esctl provision,
 #          start gateway, notification-writer, rule-evaluator, dispatcher and media-saga in the
 #          background and wait for /readyz.
 #          SKIP_BUILD=1 skips the cargo build (binaries must already exist).
+#   start-one NAME / stop-one NAME: (re)start or stop one service from the binaries already
+#          built, without migrating or provisioning (the fault tests replace one service).
 # Every command sees the variables of .local/stack.env.
 # shellcheck source=scripts/stack/lib.sh source-path=SCRIPTDIR
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
@@ -93,6 +95,25 @@ start() {
   say "web app: open http://127.0.0.1:$GATEWAY_PORT/ (sign up with any e-mail and a password of 8+ characters)"
 }
 
+start_one() {
+  local name=$1 pid
+  ensure_dirs
+  load_env
+  stop_one "$name"
+  [[ -x "$BIN_DIR/$name" ]] || die "binary $BIN_DIR/$name missing (run ./taskw start first)"
+  require_port_free "$name" "$(port_of "$name")"
+  say "starting $name on 127.0.0.1:$(port_of "$name")"
+  spawn "$name" "$ROOT" "$BIN_DIR/$name"
+  pid=$(head -n1 "$(pidfile "$name")")
+  wait_ready "$name" "$pid" "$SERVICE_READY_TIMEOUT" curl -sf -o /dev/null "$(ready_url "$name")"
+}
+
+known() {
+  local name
+  for name in "${SERVICES[@]}"; do [[ "$name" == "${1:-}" ]] && return 0; done
+  die "unknown service '${1:-}' (${SERVICES[*]})"
+}
+
 status() {
   local name
   for name in "${SERVICES[@]}"; do
@@ -105,5 +126,7 @@ case "${1:-}" in
   stop) stop ;;
   status) status ;;
   build) build ;;
-  *) echo "usage: $0 {start|stop|status|build}" >&2; exit 2 ;;
+  start-one) known "${2:-}"; start_one "$2" ;;
+  stop-one) known "${2:-}"; stop_one "$2" ;;
+  *) echo "usage: $0 {start|stop|status|build|start-one NAME|stop-one NAME}" >&2; exit 2 ;;
 esac

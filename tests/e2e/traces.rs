@@ -11,7 +11,9 @@ use axum::http::HeaderMap;
 use serde_json::json;
 use substrate_db::rules::RuleRow;
 use substrate_runtime::TraceParent;
-use substrate_testkit::traces::{jaeger_url, trace, Span};
+use substrate_testkit::traces::{
+    batch_write, by_id, one as span, wait_for, CLIENT, CONSUMER, PRODUCER, SERVER,
+};
 use substrate_testkit::{eventually, metric, unique, Stack};
 use uuid::Uuid;
 
@@ -19,62 +21,6 @@ use crate::harness::http;
 
 /// Spans reach Jaeger in the services' export batches (every few seconds).
 const WAIT: Duration = Duration::from_secs(60);
-
-const SERVER: i64 = 2;
-const CLIENT: i64 = 3;
-const PRODUCER: i64 = 4;
-const CONSUMER: i64 = 5;
-
-/// Waits until Jaeger holds spans of `trace_id` from every one of `services`; returns them all.
-pub async fn trace_across(trace_id: &str, services: &[&str]) -> Vec<Span> {
-    let jaeger = jaeger_url();
-    let found = eventually(
-        WAIT,
-        &format!("spans of {services:?} in trace {trace_id}"),
-        || async {
-            let spans = trace(&jaeger, trace_id).await?;
-            services
-                .iter()
-                .all(|service| spans.iter().any(|s| s.service == *service))
-                .then_some(spans)
-        },
-    )
-    .await;
-    match found {
-        Ok(spans) => spans,
-        Err(e) => {
-            let seen = trace(&jaeger, trace_id).await.unwrap_or_default();
-            panic!(
-                "{e}; Jaeger has: {:#?}",
-                seen.iter()
-                    .map(|s| format!("{} {}", s.service, s.name))
-                    .collect::<Vec<_>>()
-            )
-        }
-    }
-}
-
-/// The one span of `service` named `name`.
-pub fn span<'a>(spans: &'a [Span], service: &str, name: &str) -> &'a Span {
-    let matching: Vec<&Span> = spans
-        .iter()
-        .filter(|s| s.service == service && s.name == name)
-        .collect();
-    assert_eq!(
-        matching.len(),
-        1,
-        "one `{name}` span of {service} expected, got {matching:#?}"
-    );
-    matching[0]
-}
-
-/// The span whose id is `id`.
-pub fn by_id<'a>(spans: &'a [Span], id: &str) -> &'a Span {
-    spans
-        .iter()
-        .find(|s| s.span_id == id)
-        .unwrap_or_else(|| panic!("no span {id} in the trace: {spans:#?}"))
-}
 
 /// A client-chosen context, sampled.
 pub fn client_trace() -> TraceParent {
@@ -137,6 +83,7 @@ async fn a_vip_purchase_is_one_trace_from_the_client_to_the_webhook_receiver() {
         .await;
 
     let client = client_trace();
+    let started = chrono::Utc::now();
     let response = http()
         .post(format!("{}/api/v1/events/purchase", stack.gateway_url))
         .bearer_auth(&key)
@@ -179,7 +126,19 @@ async fn a_vip_purchase_is_one_trace_from_the_client_to_the_webhook_receiver() {
     );
 
     let trace_id = format!("{:032x}", client.trace_id);
-    let spans = trace_across(&trace_id, &["gateway", "rule-evaluator", "dispatcher"]).await;
+    let spans = wait_for(
+        &trace_id,
+        &[
+            ("gateway", "POST /api/v1/events/{route}"),
+            ("gateway", "send public.commerce.purchase.events"),
+            ("rule-evaluator", "process public.commerce.purchase.events"),
+            ("rule-evaluator", "send internal.dispatch.requests"),
+            ("dispatcher", "process internal.dispatch.requests"),
+            ("dispatcher", "POST"),
+        ],
+        WAIT,
+    )
+    .await;
 
     // gateway: the server span is the client's child; its send span carries the record on.
     let server = span(&spans, "gateway", "POST /api/v1/events/{route}");
@@ -246,13 +205,17 @@ async fn a_vip_purchase_is_one_trace_from_the_client_to_the_webhook_receiver() {
         Some("200")
     );
     assert_eq!(post.attr("server.address").as_deref(), Some("127.0.0.1"));
-    // The audit row is a database span in the same trace.
-    assert!(
-        spans.iter().any(|s| s.service == "dispatcher"
-            && s.name == "INSERT dispatch_attempts"
-            && s.attr("db.system.name").as_deref() == Some("postgresql")),
-        "no audit span: {spans:#?}"
-    );
+    // The audit row: written in a batch whose span belongs to this attempt (or links to it).
+    let (_, audit) = batch_write(
+        dispatched,
+        "dispatcher",
+        "write dispatch_attempts",
+        "INSERT dispatch_attempts",
+        started,
+        WAIT,
+    )
+    .await;
+    assert_eq!(audit.attr("db.system.name").as_deref(), Some("postgresql"));
 
     db.execute("DELETE FROM public.rules WHERE id = $1", &[&rule.id])
         .await
@@ -277,7 +240,15 @@ async fn a_message_is_one_trace_from_the_gateway_to_its_notification_row() {
     assert_eq!(response.status(), 202);
 
     let trace_id = format!("{:032x}", client.trace_id);
-    let spans = trace_across(&trace_id, &["gateway", "notification-writer"]).await;
+    let spans = wait_for(
+        &trace_id,
+        &[
+            ("gateway", "send public.user.message.events"),
+            ("notification-writer", "process public.user.message.events"),
+        ],
+        WAIT,
+    )
+    .await;
     let send = span(&spans, "gateway", "send public.user.message.events");
     let processed = span(
         &spans,
@@ -292,34 +263,15 @@ async fn a_message_is_one_trace_from_the_gateway_to_its_notification_row() {
     );
     // The batch write: a child of its first row's span, linking to the others' — in this trace
     // when the row came first, else in the first row's trace, linking here.
-    let writes = eventually(WAIT, "the batch write of the row", || async {
-        let mut candidates = spans.clone();
-        candidates.extend(
-            substrate_testkit::traces::search(
-                &jaeger_url(),
-                "notification-writer",
-                started - chrono::Duration::seconds(5),
-                chrono::Utc::now() + chrono::Duration::seconds(5),
-                1000,
-            )
-            .await,
-        );
-        let write = candidates
-            .iter()
-            .find(|s| {
-                s.name == "write user_notifications"
-                    && (s.parent_span_id == processed.span_id
-                        || s.links.iter().any(|(_, id)| *id == processed.span_id))
-            })?
-            .clone();
-        let insert = candidates
-            .iter()
-            .find(|s| s.name == "INSERT user_notifications" && s.parent_span_id == write.span_id)?
-            .clone();
-        Some((write, insert))
-    })
+    let (write, insert) = batch_write(
+        processed,
+        "notification-writer",
+        "write user_notifications",
+        "INSERT user_notifications",
+        started,
+        WAIT,
+    )
     .await;
-    let (write, insert) = writes.unwrap();
     assert_eq!(write.service, "notification-writer");
     assert_eq!(insert.kind, CLIENT);
     assert_eq!(insert.attr("db.system.name").as_deref(), Some("postgresql"));
@@ -328,211 +280,4 @@ async fn a_message_is_one_trace_from_the_gateway_to_its_notification_row() {
         Some("user_notifications")
     );
     assert!(write.attr("batch.rows").is_some(), "{write:#?}");
-}
-
-/// The user's notification of `event_type` about `request`.
-async fn media_notification(
-    db: &tokio_postgres::Client,
-    user: Uuid,
-    event_type: &str,
-    request: &str,
-    wait: Duration,
-) -> serde_json::Value {
-    eventually(wait, &format!("{event_type} for {request}"), || async {
-        let rows = db
-            .query(
-                "SELECT payload FROM public.user_notifications
-                 WHERE recipient_id = $1 AND event_type = $2",
-                &[&user, &event_type],
-            )
-            .await
-            .ok()?;
-        rows.iter()
-            .map(|r| r.get::<_, serde_json::Value>(0))
-            .find(|p| p["request_id"] == request)
-    })
-    .await
-    .unwrap()
-}
-
-/// An upload whose first move fails: the move timeout's retry moves it, all in one trace. The
-/// first move is made to fail by an object at the permanent path's parent (`files/<user>/
-/// <request>`): the S3 server keeps keys as a file tree, so nothing can be written below a file.
-/// The test removes it once the failed move is on record, and the timeout's retry succeeds.
-#[tokio::test]
-async fn an_upload_saga_and_its_retry_are_one_trace_across_gateway_media_saga_and_writer() {
-    let stack = Stack::load();
-    let db = stack.db().await;
-    let s3 = stack.s3.client();
-    let bucket = std::env::var("S3_MEDIA_BUCKET").unwrap_or_else(|_| "media-uploads".into());
-    let user = Uuid::new_v4();
-    let token = stack.token(user, "traced-upload@example.com");
-    let api = |path: &str| format!("{}/api/v1/{path}", stack.gateway_url);
-    let content: Vec<u8> = (0..4_000u32).map(|i| (i % 241) as u8).collect();
-    let client = client_trace();
-    let traced_post = |path: &str, body: serde_json::Value| {
-        let request = http()
-            .post(api(path))
-            .bearer_auth(&token)
-            .header("traceparent", client.child().to_string())
-            .json(&body);
-        async move {
-            let response = request.send().await.unwrap();
-            let status = response.status().as_u16();
-            (status, response.json::<serde_json::Value>().await.unwrap())
-        }
-    };
-
-    let (status, body) = traced_post(
-        "media/upload-intent",
-        json!({"file_name": "traced.png", "media_type": "image/png", "file_size": content.len()}),
-    )
-    .await;
-    assert_eq!(status, 202, "{body}");
-    let request = body["request_id"].as_str().unwrap().to_string();
-    let ready = media_notification(&db, user, "media.upload_ready", &request, WAIT).await;
-    let upload_url = ready["upload_url"].as_str().unwrap();
-    // The blocker: an object where the permanent file's folder would be.
-    let blocker = format!("files/{user}/{request}");
-    s3.put_object()
-        .bucket(&bucket)
-        .key(&blocker)
-        .body(b"blocks the move".to_vec().into())
-        .send()
-        .await
-        .unwrap();
-    let put = http()
-        .put(upload_url)
-        .header("content-type", "image/png")
-        .body(content.clone())
-        .send()
-        .await
-        .unwrap();
-    assert!(put.status().is_success(), "PUT {}", put.status());
-    let (status, body) = traced_post("media/upload-complete", json!({"request_id": request})).await;
-    assert_eq!(status, 202, "{body}");
-
-    // The fault landed: the move failed (its S3 span says so) and the file is still an upload.
-    let trace_id = format!("{:032x}", client.trace_id);
-    let jaeger = jaeger_url();
-    eventually(WAIT, "the failed first move in the trace", || async {
-        let spans = trace(&jaeger, &trace_id).await?;
-        spans
-            .iter()
-            .any(|s| s.service == "media-saga" && s.name == "S3.CopyObject" && s.error)
-            .then_some(())
-    })
-    .await
-    .unwrap();
-    let request_uuid = Uuid::parse_str(&request).unwrap();
-    let state: String = db
-        .query_one(
-            "SELECT state FROM public.media_sagas WHERE request_id = $1",
-            &[&request_uuid],
-        )
-        .await
-        .unwrap()
-        .get(0);
-    assert_eq!(state, "received", "the saga waits for its move");
-    s3.delete_object()
-        .bucket(&bucket)
-        .key(&blocker)
-        .send()
-        .await
-        .unwrap();
-
-    // The move timeout (30 s on the stack) fires a retry, which moves the file.
-    let confirmed = media_notification(
-        &db,
-        user,
-        "media.upload_confirmed",
-        &request,
-        Duration::from_secs(90),
-    )
-    .await;
-    assert_eq!(
-        confirmed["file_path"],
-        format!("files/{user}/{request}/traced.png")
-    );
-    let retries: i32 = db
-        .query_one(
-            "SELECT retry_count FROM public.media_sagas WHERE request_id = $1",
-            &[&request_uuid],
-        )
-        .await
-        .unwrap()
-        .get(0);
-    assert_eq!(retries, 1, "confirmed by the first retry");
-
-    let spans = eventually(WAIT, "the confirmation in the trace", || async {
-        let spans = trace(&jaeger, &trace_id).await?;
-        spans
-            .iter()
-            .any(|s| {
-                s.service == "notification-writer"
-                    && s.name == "process public.media.upload.confirmed"
-            })
-            .then_some(spans)
-    })
-    .await
-    .unwrap();
-    let names = |service: &str| -> Vec<String> {
-        spans
-            .iter()
-            .filter(|s| s.service == service)
-            .map(|s| s.name.clone())
-            .collect()
-    };
-    let gateway = names("gateway");
-    for expected in [
-        "POST /api/v1/media/upload-intent",
-        "POST /api/v1/media/upload-complete",
-        "send internal.media.upload.intent",
-        "send internal.media.upload.received",
-        "S3.HeadObject",
-    ] {
-        assert!(
-            gateway.iter().any(|n| n == expected),
-            "gateway {expected}: {gateway:?}"
-        );
-    }
-    let saga = names("media-saga");
-    for expected in [
-        "process internal.media.upload.intent",
-        "INSERT media_sagas",
-        "send public.media.upload.signed",
-        "process internal.media.upload.received",
-        "fire move_timeout",
-        "send internal.media.upload.retry",
-        "process internal.media.upload.retry",
-        "process internal.media.file.ready",
-        "INSERT media_files",
-        "send public.media.upload.confirmed",
-    ] {
-        assert!(
-            saga.iter().any(|n| n == expected),
-            "media-saga {expected}: {saga:?}"
-        );
-    }
-    let writer = names("notification-writer");
-    for expected in [
-        "process public.media.upload.signed",
-        "process public.media.upload.confirmed",
-    ] {
-        assert!(
-            writer.iter().any(|n| n == expected),
-            "writer {expected}: {writer:?}"
-        );
-    }
-    // The timer fires in the saga's trace (the intent's span) and the retry is its child.
-    let retry = span(&spans, "media-saga", "process internal.media.upload.retry");
-    let fired = span(&spans, "media-saga", "fire move_timeout");
-    let retry_send = span(&spans, "media-saga", "send internal.media.upload.retry");
-    assert_eq!(retry_send.parent_span_id, fired.span_id);
-    assert_eq!(retry.parent_span_id, retry_send.span_id);
-    let intent = span(&spans, "media-saga", "process internal.media.upload.intent");
-    assert_eq!(
-        fired.parent_span_id, intent.span_id,
-        "the timer fires in the saga's trace"
-    );
 }

@@ -5,6 +5,7 @@
 //! what it stopped even when it fails.
 
 mod broker_restart;
+mod media_retry_trace;
 mod postgres_outage;
 
 use std::process::Command;

@@ -53,6 +53,121 @@ pub async fn trace(jaeger: &str, trace_id: &str) -> Option<Vec<Span>> {
     (!spans.is_empty()).then_some(spans)
 }
 
+/// OTLP span kinds.
+pub const SERVER: i64 = 2;
+pub const CLIENT: i64 = 3;
+pub const PRODUCER: i64 = 4;
+pub const CONSUMER: i64 = 5;
+
+/// Waits (at most `timeout`: spans arrive in the services' export batches, a span only once it
+/// ended) until the trace holds a span of every `(service, name)` of `expected`; panics naming
+/// what is missing and what is there.
+pub async fn wait_for(
+    trace_id: &str,
+    expected: &[(&str, &str)],
+    timeout: std::time::Duration,
+) -> Vec<Span> {
+    let jaeger = jaeger_url();
+    let missing = |spans: &[Span]| -> Vec<String> {
+        expected
+            .iter()
+            .filter(|(service, name)| {
+                !spans
+                    .iter()
+                    .any(|s| s.service == *service && s.name == *name)
+            })
+            .map(|(service, name)| format!("{service} `{name}`"))
+            .collect()
+    };
+    let found = crate::eventually(
+        timeout,
+        &format!("the spans of trace {trace_id}"),
+        || async {
+            let spans = trace(&jaeger, trace_id).await?;
+            missing(&spans).is_empty().then_some(spans)
+        },
+    )
+    .await;
+    match found {
+        Ok(spans) => spans,
+        Err(e) => {
+            let seen = trace(&jaeger, trace_id).await.unwrap_or_default();
+            panic!(
+                "{e}: missing {:?}; the trace has {:#?}",
+                missing(&seen),
+                seen.iter()
+                    .map(|s| format!("{} `{}`", s.service, s.name))
+                    .collect::<Vec<_>>()
+            )
+        }
+    }
+}
+
+/// The one span of `service` named `name`.
+pub fn one<'a>(spans: &'a [Span], service: &str, name: &str) -> &'a Span {
+    let matching: Vec<&Span> = spans
+        .iter()
+        .filter(|s| s.service == service && s.name == name)
+        .collect();
+    assert_eq!(
+        matching.len(),
+        1,
+        "one `{name}` span of {service} expected, got {matching:#?}"
+    );
+    matching[0]
+}
+
+/// The span whose id is `id`.
+pub fn by_id<'a>(spans: &'a [Span], id: &str) -> &'a Span {
+    spans
+        .iter()
+        .find(|s| s.span_id == id)
+        .unwrap_or_else(|| panic!("no span {id} in the trace: {spans:#?}"))
+}
+
+/// The span named `write` of `service` that wrote a batch holding the work of span `member`
+/// (its parent, or linked from it: the write is in the first member's trace), and the child
+/// span named `insert` it made; searches the traces of `service` since `since`.
+pub async fn batch_write(
+    member: &Span,
+    service: &str,
+    write: &str,
+    insert: &str,
+    since: chrono::DateTime<chrono::Utc>,
+    timeout: std::time::Duration,
+) -> (Span, Span) {
+    let jaeger = jaeger_url();
+    crate::eventually(
+        timeout,
+        &format!("`{write}` of {service} for {}", member.name),
+        || async {
+            let candidates = search(
+                &jaeger,
+                service,
+                since - chrono::Duration::seconds(5),
+                chrono::Utc::now() + chrono::Duration::seconds(5),
+                1000,
+            )
+            .await;
+            let write = candidates
+                .iter()
+                .find(|s| {
+                    s.name == write
+                        && (s.parent_span_id == member.span_id
+                            || s.links.iter().any(|(_, id)| *id == member.span_id))
+                })?
+                .clone();
+            let insert = candidates
+                .iter()
+                .find(|s| s.name == insert && s.parent_span_id == write.span_id)?
+                .clone();
+            Some((write, insert))
+        },
+    )
+    .await
+    .unwrap()
+}
+
 /// The spans of up to `limit` traces that have spans of `service` started between `from` and
 /// `to` (Jaeger's v3 search; `num_traces` is required by it).
 pub async fn search(

@@ -9,17 +9,21 @@ use std::sync::Mutex;
 use substrate_db::dispatch::{insert_attempts, Attempt};
 use substrate_db::Pool;
 use substrate_runtime::failure::{write_splitting, Failure};
-use substrate_runtime::Shutdown;
+use substrate_runtime::{Shutdown, TraceParent};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 const BATCH_MAX: usize = 1000;
 
 type Waiter = oneshot::Sender<Result<(), Failure>>;
 
+/// One row to log, who waits for it, and the recording span's context (tracing on).
+type Entry = (Attempt, Waiter, Option<TraceParent>);
+
 #[derive(Clone)]
 pub struct AuditLog {
-    tx: mpsc::Sender<(Attempt, Waiter)>,
+    tx: mpsc::Sender<Entry>,
 }
 
 impl AuditLog {
@@ -34,7 +38,12 @@ impl AuditLog {
     /// refused this row; a transient one that the writer stopped before committing it.
     pub async fn record(&self, attempt: Attempt) -> Result<(), Failure> {
         let (done, committed) = oneshot::channel();
-        if self.tx.send((attempt, done)).await.is_err() {
+        if self
+            .tx
+            .send((attempt, done, TraceParent::current()))
+            .await
+            .is_err()
+        {
             return Err(Failure::transient("the audit writer stopped"));
         }
         committed
@@ -43,24 +52,35 @@ impl AuditLog {
     }
 }
 
-async fn writer(pool: Pool, mut rx: mpsc::Receiver<(Attempt, Waiter)>) {
+async fn writer(pool: Pool, mut rx: mpsc::Receiver<Entry>) {
     let mut rows = Vec::with_capacity(BATCH_MAX);
     let mut waiters: Vec<Option<Waiter>> = Vec::with_capacity(BATCH_MAX);
+    let mut traces: Vec<TraceParent> = Vec::new();
     // Outages are retried until the rows are written: the senders wait for them, and the
     // channel closes only after every sender is gone.
     let never = CancellationToken::new();
-    while let Some((row, done)) = rx.recv().await {
+    while let Some((row, done, trace)) = rx.recv().await {
         rows.push(row);
         waiters.push(Some(done));
+        traces.extend(trace);
         while rows.len() < BATCH_MAX {
             match rx.try_recv() {
-                Ok((row, done)) => {
+                Ok((row, done, trace)) => {
                     rows.push(row);
                     waiters.push(Some(done));
+                    traces.extend(trace);
                 }
                 Err(_) => break,
             }
         }
+        // The batch's write in the traces of the attempts it logs.
+        let span = tracing::debug_span!(
+            "write batch",
+            otel.name = "write dispatch_attempts",
+            batch.rows = rows.len()
+        );
+        substrate_runtime::trace::adopt_batch(&span, &traces);
+        traces.clear();
         let refused = Mutex::new(&mut waiters);
         let _ = write_splitting(
             rows.len(),
@@ -82,6 +102,7 @@ async fn writer(pool: Pool, mut rx: mpsc::Receiver<(Attempt, Waiter)>) {
                 async { true }
             },
         )
+        .instrument(span)
         .await;
         rows.clear();
         for done in waiters.drain(..).flatten() {

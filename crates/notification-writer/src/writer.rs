@@ -43,9 +43,6 @@ pub struct Writer {
     pub group_id: String,
 }
 
-/// Links from a batch's write span to the rows' spans, at most.
-const MAX_LINKS: usize = 128;
-
 /// Shutdown interrupted a retry; what was not written is redelivered after a restart.
 struct Interrupted;
 
@@ -338,12 +335,7 @@ impl Writer {
             otel.name = "write user_notifications",
             batch.rows = rows.len()
         );
-        if let Some((first, others)) = batch.traces.split_first() {
-            substrate_runtime::trace::set_parent(&span, Some(*first));
-            for other in others.iter().take(MAX_LINKS) {
-                substrate_runtime::trace::add_link(&span, *other);
-            }
-        }
+        substrate_runtime::trace::adopt_batch(&span, &batch.traces);
         let written = write_splitting(
             rows.len(),
             shutdown,

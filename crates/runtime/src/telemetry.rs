@@ -94,7 +94,9 @@ fn default_filter() -> String {
 static PROVIDER: OnceLock<SdkTracerProvider> = OnceLock::new();
 
 /// The crates whose spans are exported; other libraries' spans (the AWS SDK's, hyper's) stay
-/// out of traces, whatever `RUST_LOG` says about their logs.
+/// out of traces, whatever `RUST_LOG` says about their logs. The platform's spans are at DEBUG
+/// level: the default log filter (`info`) leaves them out of log lines, and without an exporter
+/// no layer wants them, so they cost nothing.
 const TRACED_CRATES: &[&str] = &[
     "substrate_runtime",
     "substrate_kafka",
@@ -145,7 +147,7 @@ fn install(config: &TelemetryConfig, service: Option<&str>) -> bool {
     };
     let otel = provider.as_ref().map(|provider| {
         let targets = TRACED_CRATES.iter().fold(Targets::new(), |t, name| {
-            t.with_target(*name, LevelFilter::INFO)
+            t.with_target(*name, LevelFilter::DEBUG)
         });
         tracing_opentelemetry::layer()
             .with_tracer(provider.tracer(service.unwrap_or_default().to_string()))

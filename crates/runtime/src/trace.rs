@@ -147,6 +147,21 @@ pub fn set_parent(span: &tracing::Span, parent: Option<TraceParent>) {
     }
 }
 
+/// Links from a batch's span to its members' contexts, at most.
+pub const MAX_BATCH_LINKS: usize = 128;
+
+/// Makes `span` — work done once for a batch (one INSERT, one object written) — a child of the
+/// first member's context, linked to the others' (at most [`MAX_BATCH_LINKS`]): each member's
+/// trace either holds the batch's span or is linked from it.
+pub fn adopt_batch(span: &tracing::Span, members: &[TraceParent]) {
+    if let Some((first, others)) = members.split_first() {
+        set_parent(span, Some(*first));
+        for other in others.iter().take(MAX_BATCH_LINKS) {
+            add_link(span, *other);
+        }
+    }
+}
+
 /// Links `span` to `other` — a retry to the attempt that scheduled it, a dead letter to the
 /// attempt that gave up.
 pub fn add_link(span: &tracing::Span, other: TraceParent) {

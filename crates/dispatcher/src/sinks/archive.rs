@@ -22,9 +22,6 @@ pub enum ArchiveError {
     Permanent(String),
 }
 
-/// Links from an object's write span to the appends' spans, at most.
-const MAX_LINKS: usize = 128;
-
 struct Item {
     bucket: String,
     dir: String,
@@ -178,12 +175,7 @@ fn flush(
         );
         let records = batch.waiters.len();
         let span = substrate_s3::span("PutObject", &bucket, &key);
-        if let Some((first, others)) = batch.traces.split_first() {
-            substrate_runtime::trace::set_parent(&span, Some(*first));
-            for other in others.iter().take(MAX_LINKS) {
-                substrate_runtime::trace::add_link(&span, *other);
-            }
-        }
+        substrate_runtime::trace::adopt_batch(&span, &batch.traces);
         let put = client
             .put_object()
             .bucket(&bucket)
