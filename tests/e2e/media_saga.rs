@@ -5,35 +5,20 @@
 use std::time::Duration;
 
 use serde_json::{json, Value};
-use substrate_testkit::{eventually, Stack};
+use substrate_testkit::Stack;
 use uuid::Uuid;
 
 use crate::harness::{http, post_json};
 
 const WAIT: Duration = Duration::from_secs(30);
 
-/// The payload of the user's notification of `event_type` about `request`.
 async fn notification(
     db: &tokio_postgres::Client,
     user: Uuid,
     event_type: &str,
     request: &str,
 ) -> Value {
-    eventually(WAIT, &format!("{event_type} for {request}"), || async {
-        let rows = db
-            .query(
-                "SELECT payload FROM public.user_notifications
-                 WHERE recipient_id = $1 AND event_type = $2",
-                &[&user, &event_type],
-            )
-            .await
-            .ok()?;
-        rows.iter()
-            .map(|r| r.get::<_, Value>(0))
-            .find(|p| p["request_id"] == request)
-    })
-    .await
-    .unwrap()
+    substrate_testkit::media_notification(db, user, event_type, request, WAIT).await
 }
 
 async fn count_notifications(db: &tokio_postgres::Client, user: Uuid, event_type: &str) -> i64 {

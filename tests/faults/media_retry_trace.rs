@@ -63,21 +63,7 @@ async fn notification(
     event_type: &str,
     request: &str,
 ) -> Value {
-    eventually(WAIT, &format!("{event_type} for {request}"), || async {
-        let rows = db
-            .query(
-                "SELECT payload FROM public.user_notifications
-                 WHERE recipient_id = $1 AND event_type = $2",
-                &[&user, &event_type],
-            )
-            .await
-            .ok()?;
-        rows.iter()
-            .map(|r| r.get::<_, Value>(0))
-            .find(|p| p["request_id"] == request)
-    })
-    .await
-    .unwrap()
+    substrate_testkit::media_notification(db, user, event_type, request, WAIT).await
 }
 
 #[tokio::test]

@@ -434,6 +434,32 @@ pub async fn notification_rows(
     .context("query user_notifications")
 }
 
+/// The payload of `user`'s notification of `event_type` about media request `request`, once
+/// the notification-writer has written it (waits at most `timeout`).
+pub async fn media_notification(
+    db: &tokio_postgres::Client,
+    user: Uuid,
+    event_type: &str,
+    request: &str,
+    timeout: Duration,
+) -> Value {
+    eventually(timeout, &format!("{event_type} for {request}"), || async {
+        let rows = db
+            .query(
+                "SELECT payload FROM public.user_notifications
+                 WHERE recipient_id = $1 AND event_type = $2",
+                &[&user, &event_type],
+            )
+            .await
+            .ok()?;
+        rows.iter()
+            .map(|r| r.get::<_, Value>(0))
+            .find(|p| p["request_id"] == request)
+    })
+    .await
+    .unwrap()
+}
+
 /// Logs of in-process services at `RUST_LOG` (default `warn`), set up once per test binary.
 pub fn init_test_logs() {
     static LOGS: std::sync::Once = std::sync::Once::new();
