@@ -74,12 +74,13 @@ async fn writer(pool: Pool, mut rx: mpsc::Receiver<Entry>) {
             }
         }
         // The batch's write in the traces of the attempts it logs.
-        let span = tracing::debug_span!(
-            "write batch",
-            otel.name = "write dispatch_attempts",
-            batch.rows = rows.len()
-        );
-        substrate_runtime::trace::adopt_batch(&span, &traces);
+        let span = substrate_runtime::trace::batch(&traces, || {
+            tracing::debug_span!(
+                "write batch",
+                otel.name = "write dispatch_attempts",
+                batch.rows = rows.len()
+            )
+        });
         traces.clear();
         let refused = Mutex::new(&mut waiters);
         let _ = write_splitting(

@@ -107,10 +107,9 @@ impl Publisher {
     }
 }
 
-/// The trace for a request: a child of the caller's valid `traceparent`, else a new root.
+/// The trace a request's records carry: the request's server span when spans are recorded
+/// (sampled out or not, so the next hops follow its decision), else a child of the caller's
+/// valid `traceparent`, else a new root.
 pub fn trace_from(header: Option<&str>) -> TraceParent {
-    header
-        .and_then(TraceParent::parse)
-        .map(|t| t.child())
-        .unwrap_or_else(TraceParent::new_root)
+    TraceParent::outgoing(header.and_then(TraceParent::parse))
 }

@@ -22,28 +22,27 @@ pub fn record_context<M: Message>(message: &M) -> Option<TraceParent> {
 
 /// The consumer span for processing `message` in consumer group `group`.
 pub fn process<M: Message>(message: &M, group: &str) -> Span {
-    if !trace::enabled() {
-        return Span::none();
-    }
     let topic = message.topic();
     let headers = message.headers();
-    let span = tracing::debug_span!(
-        "process",
-        otel.name = format!("process {topic}"),
-        otel.kind = "consumer",
-        otel.status_code = Empty,
-        messaging.system = "kafka",
-        messaging.operation.type = "process",
-        messaging.operation.name = "process",
-        messaging.destination.name = topic,
-        messaging.destination.partition.id = message.partition().to_string(),
-        messaging.kafka.offset = message.offset(),
-        messaging.consumer.group.name = group,
-        messaging.message.id = headers.and_then(|h| header_str(h, CE_ID)),
-        error.type = Empty,
-    );
-    trace::set_parent(&span, record_context(message));
+    let span = trace::continuing(record_context(message), || {
+        tracing::debug_span!(
+            "process",
+            otel.name = format!("process {topic}"),
+            otel.kind = "consumer",
+            otel.status_code = Empty,
+            messaging.system = "kafka",
+            messaging.operation.type = "process",
+            messaging.operation.name = "process",
+            messaging.destination.name = topic,
+            messaging.destination.partition.id = message.partition().to_string(),
+            messaging.kafka.offset = message.offset(),
+            messaging.consumer.group.name = group,
+            messaging.message.id = headers.and_then(|h| header_str(h, CE_ID)),
+            error.type = Empty,
+        )
+    });
     if let Some(first) = headers
+        .filter(|_| !span.is_disabled())
         .and_then(|h| header_str(h, RETRY_ORIGIN_TRACEPARENT))
         .and_then(TraceParent::parse)
     {
@@ -59,31 +58,32 @@ pub fn record_error(span: &Span, error_type: &str) {
 }
 
 /// The producer span for sending one record with `headers` to `topic`: a child of the current
-/// span, or, outside any span (a timer firing), of the context the headers carry.
+/// span, or, outside any span (a timer firing), of the context the headers carry. Disabled
+/// under a sampled-out parent: the record then carries its headers' context unchanged.
 pub(crate) fn send(topic: &str, headers: &OwnedHeaders) -> Span {
     if !trace::enabled() {
         return Span::none();
     }
-    let span = tracing::debug_span!(
-        "send",
-        otel.name = format!("send {topic}"),
-        otel.kind = "producer",
-        otel.status_code = Empty,
-        messaging.system = "kafka",
-        messaging.operation.type = "send",
-        messaging.operation.name = "send",
-        messaging.destination.name = topic,
-        messaging.destination.partition.id = Empty,
-        messaging.kafka.offset = Empty,
-        error.type = Empty,
-    );
-    if TraceParent::current().is_none() {
-        trace::set_parent(
-            &span,
-            header_str(headers, TRACEPARENT).and_then(TraceParent::parse),
-        );
-    }
-    span
+    // Under a current span the span is its child (or, sampled out, not created at all).
+    let remote = match TraceParent::current() {
+        Some(_) => None,
+        None => header_str(headers, TRACEPARENT).and_then(TraceParent::parse),
+    };
+    trace::continuing(remote, || {
+        tracing::debug_span!(
+            "send",
+            otel.name = format!("send {topic}"),
+            otel.kind = "producer",
+            otel.status_code = Empty,
+            messaging.system = "kafka",
+            messaging.operation.type = "send",
+            messaging.operation.name = "send",
+            messaging.destination.name = topic,
+            messaging.destination.partition.id = Empty,
+            messaging.kafka.offset = Empty,
+            error.type = Empty,
+        )
+    })
 }
 
 /// `headers` with `traceparent` replaced by `span`'s context (unchanged when `span` has none).

@@ -65,13 +65,14 @@ pub async fn run(
                     }
                     let (request, kind) = (deadline.request_id, deadline.kind);
                     // In the trace of the upload intent that started the saga.
-                    let span = tracing::debug_span!(
-                        "deadline",
-                        otel.name = format!("fire {kind}"),
-                        media.request_id = %request
-                    );
                     let saga_trace = deadline.traceparent.as_deref().and_then(TraceParent::parse);
-                    substrate_runtime::trace::set_parent(&span, saga_trace);
+                    let span = substrate_runtime::trace::continuing(saga_trace, || {
+                        tracing::debug_span!(
+                            "deadline",
+                            otel.name = format!("fire {kind}"),
+                            media.request_id = %request
+                        )
+                    });
                     match fire(&engine, request, kind, saga_trace)
                         .instrument(span)
                         .await

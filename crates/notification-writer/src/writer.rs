@@ -330,12 +330,13 @@ impl Writer {
         }
         let rows = &batch.rows;
         let sources = &batch.sources;
-        let span = tracing::debug_span!(
-            "write batch",
-            otel.name = "write user_notifications",
-            batch.rows = rows.len()
-        );
-        substrate_runtime::trace::adopt_batch(&span, &batch.traces);
+        let span = substrate_runtime::trace::batch(&batch.traces, || {
+            tracing::debug_span!(
+                "write batch",
+                otel.name = "write user_notifications",
+                batch.rows = rows.len()
+            )
+        });
         let written = write_splitting(
             rows.len(),
             shutdown,

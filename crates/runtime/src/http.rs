@@ -133,34 +133,35 @@ async fn trace_request(request: axum::extract::Request, next: axum::middleware::
     if !crate::trace::enabled() {
         return next.run(request).await;
     }
-    let method = request.method().as_str().to_owned();
-    let route = request
-        .extensions()
-        .get::<axum::extract::MatchedPath>()
-        .map(|p| p.as_str().to_owned())
-        .unwrap_or_default();
-    let span = tracing::debug_span!(
-        "http request",
-        otel.name = format!("{method} {route}"),
-        otel.kind = "server",
-        otel.status_code = tracing::field::Empty,
-        http.request.method = method,
-        http.route = route,
-        url.path = request.uri().path(),
-        url.scheme = "http",
-        network.protocol.version = "1.1",
-        user_agent.original = request
-            .headers()
-            .get(header::USER_AGENT)
-            .and_then(|v| v.to_str().ok()),
-        http.response.status_code = tracing::field::Empty,
-    );
     let parent = request
         .headers()
         .get(crate::trace::TRACEPARENT)
         .and_then(|v| v.to_str().ok())
         .and_then(crate::trace::TraceParent::parse);
-    crate::trace::set_parent(&span, parent);
+    let span = crate::trace::continuing(parent, || {
+        let method = request.method().as_str();
+        let route = request
+            .extensions()
+            .get::<axum::extract::MatchedPath>()
+            .map(|p| p.as_str())
+            .unwrap_or_default();
+        tracing::debug_span!(
+            "http request",
+            otel.name = format!("{method} {route}"),
+            otel.kind = "server",
+            otel.status_code = tracing::field::Empty,
+            http.request.method = method,
+            http.route = route,
+            url.path = request.uri().path(),
+            url.scheme = "http",
+            network.protocol.version = "1.1",
+            user_agent.original = request
+                .headers()
+                .get(header::USER_AGENT)
+                .and_then(|v| v.to_str().ok()),
+            http.response.status_code = tracing::field::Empty,
+        )
+    });
     let response = next.run(request).instrument(span.clone()).await;
     let status = response.status();
     span.record("http.response.status_code", status.as_u16());

@@ -15,7 +15,7 @@ use opentelemetry_sdk::Resource;
 use serde::Deserialize;
 use tracing::dispatcher::WeakDispatch;
 use tracing::{Event, Subscriber};
-use tracing_subscriber::filter::{LevelFilter, Targets};
+use tracing_subscriber::filter::{dynamic_filter_fn, FilterExt as _, LevelFilter, Targets};
 use tracing_subscriber::fmt::format::Writer;
 use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields};
 use tracing_subscriber::layer::SubscriberExt;
@@ -109,6 +109,40 @@ const TRACED_CRATES: &[&str] = &[
     "media_saga",
 ];
 
+/// Whether the span `id` belongs to a sampled trace. The exporter's layer takes a span or an
+/// event only below a sampled span, or a span that `trace::continuing` makes (a trace's root
+/// or its continuation of a remote context): a trace sampled out costs no span below its root,
+/// and a client span (a database statement, an S3 call) never starts a trace of its own.
+fn sampled(id: &tracing::span::Id, dispatch: &OnceLock<WeakDispatch>) -> bool {
+    dispatch
+        .get()
+        .and_then(WeakDispatch::upgrade)
+        .and_then(|dispatch| tracing_opentelemetry::get_otel_context(id, &dispatch))
+        .is_some_and(|context| context.span().span_context().is_sampled())
+}
+
+/// The layer that hands the platform's spans to `tracer`: only the traced crates' spans, and
+/// only those in a sampled trace (see [`sampled`]). `dispatch` is the subscriber it is part of.
+fn exporter_layer<S>(
+    tracer: opentelemetry_sdk::trace::Tracer,
+    dispatch: Arc<OnceLock<WeakDispatch>>,
+) -> impl Layer<S>
+where
+    S: Subscriber + for<'a> LookupSpan<'a>,
+{
+    let targets = TRACED_CRATES.iter().fold(Targets::new(), |t, name| {
+        t.with_target(*name, LevelFilter::DEBUG)
+    });
+    let below_sampled = dynamic_filter_fn(move |meta, cx| match cx.lookup_current() {
+        Some(current) => sampled(&current.id(), &dispatch),
+        None => meta.is_span() && crate::trace::may_start(),
+    });
+    tracing_opentelemetry::layer()
+        .with_tracer(tracer)
+        .with_threads(false)
+        .with_filter(targets.and(below_sampled))
+}
+
 /// Installs the global subscriber for the service `service` (its default `service.name`),
 /// exporting spans when an OTLP endpoint is configured. Returns false when one was already
 /// installed.
@@ -146,13 +180,10 @@ fn install(config: &TelemetryConfig, service: Option<&str>) -> bool {
         }
     };
     let otel = provider.as_ref().map(|provider| {
-        let targets = TRACED_CRATES.iter().fold(Targets::new(), |t, name| {
-            t.with_target(*name, LevelFilter::DEBUG)
-        });
-        tracing_opentelemetry::layer()
-            .with_tracer(provider.tracer(service.unwrap_or_default().to_string()))
-            .with_threads(false)
-            .with_filter(targets)
+        exporter_layer(
+            provider.tracer(service.unwrap_or_default().to_string()),
+            dispatch_slot.clone(),
+        )
     });
     let dispatch = tracing::Dispatch::new(
         tracing_subscriber::registry()
@@ -366,6 +397,98 @@ mod tests {
         assert_ne!(ids.parent_id, parent.parent_id);
         assert_eq!(parsed[1]["trace_id"], format!("{:032x}", parent.trace_id));
         assert_eq!(parsed[1]["span_id"], format!("{:016x}", ids.parent_id));
+    }
+
+    /// Samples a root only when its name says so (children follow their parent), and remembers
+    /// the name of every span the tracer was asked to start.
+    #[derive(Debug, Clone, Default)]
+    struct ByName(Arc<Mutex<Vec<String>>>);
+
+    impl opentelemetry_sdk::trace::ShouldSample for ByName {
+        fn should_sample(
+            &self,
+            parent: Option<&opentelemetry::Context>,
+            _trace_id: opentelemetry::trace::TraceId,
+            name: &str,
+            _kind: &opentelemetry::trace::SpanKind,
+            _attributes: &[KeyValue],
+            _links: &[opentelemetry::trace::Link],
+        ) -> opentelemetry_sdk::trace::SamplingResult {
+            use opentelemetry_sdk::trace::{SamplingDecision, SamplingResult};
+            self.0.lock().unwrap().push(name.to_string());
+            let parent_sampled = parent
+                .map(|p| p.span().span_context().clone())
+                .filter(|c| c.is_valid())
+                .map(|c| c.is_sampled());
+            let keep = parent_sampled.unwrap_or_else(|| name.starts_with("keep"));
+            SamplingResult {
+                decision: if keep {
+                    SamplingDecision::RecordAndSample
+                } else {
+                    SamplingDecision::Drop
+                },
+                attributes: Vec::new(),
+                trace_state: Default::default(),
+            }
+        }
+    }
+
+    #[test]
+    fn no_span_is_made_below_a_sampled_out_parent_nor_outside_a_trace() {
+        use crate::trace::{self, TraceParent};
+        trace::set_enabled();
+        let asked = ByName::default();
+        let provider = SdkTracerProvider::builder()
+            .with_sampler(asked.clone())
+            .build();
+        let slot = Arc::new(OnceLock::new());
+        let dispatch = tracing::Dispatch::new(
+            tracing_subscriber::registry()
+                .with(exporter_layer(provider.tracer("test"), slot.clone())),
+        );
+        let _ = slot.set(dispatch.downgrade());
+        let unsampled = TraceParent {
+            sampled: false,
+            ..TraceParent::new_root()
+        };
+        let sampled = TraceParent::new_root();
+        let handed_on = tracing::dispatcher::with_default(&dispatch, || {
+            let root = trace::continuing(None, || tracing::debug_span!("keep root"));
+            root.in_scope(|| {
+                tracing::debug_span!("child").in_scope(|| {});
+                tracing::debug_span!("db").in_scope(|| {});
+            });
+            let dropped = trace::continuing(None, || tracing::debug_span!("drop root"));
+            let handed_on = dropped.in_scope(|| {
+                tracing::debug_span!("below dropped").in_scope(|| {});
+                TraceParent::outgoing(None)
+            });
+            // A client span outside any trace does not start one.
+            tracing::debug_span!("db").in_scope(|| {});
+            // A remote context sampled out: no span, the context is handed on.
+            let remote = trace::continuing(Some(unsampled), || tracing::debug_span!("remote"));
+            assert!(remote.is_disabled());
+            let handed = remote.in_scope(|| TraceParent::outgoing(Some(unsampled)));
+            assert_eq!(handed.trace_id, unsampled.trace_id);
+            assert!(!handed.sampled);
+            // A batch follows its sampled members only.
+            let none = trace::batch(&[unsampled], || tracing::debug_span!("keep batch"));
+            assert!(none.is_disabled());
+            let batch = trace::batch(&[unsampled, sampled], || tracing::debug_span!("batch"));
+            assert_eq!(
+                TraceParent::of(&batch).map(|t| t.trace_id),
+                Some(sampled.trace_id)
+            );
+            handed_on
+        });
+        assert!(
+            !handed_on.sampled,
+            "a sampled-out root hands on its decision"
+        );
+        assert_eq!(
+            *asked.0.lock().unwrap(),
+            ["keep root", "child", "db", "drop root", "batch"]
+        );
     }
 
     #[test]

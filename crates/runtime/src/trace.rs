@@ -3,6 +3,7 @@
 //! off (no OTLP endpoint, see `telemetry`) no span has a context: callers then hand on a child of
 //! the incoming `traceparent`, as before spans existed. Exporting spans is not this module's job.
 
+use std::cell::Cell;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use opentelemetry::trace::{SpanContext, SpanId, TraceContextExt, TraceFlags, TraceId, TraceState};
@@ -147,20 +148,55 @@ pub fn set_parent(span: &tracing::Span, parent: Option<TraceParent>) {
     }
 }
 
+/// A span continuing the remote `parent` (a caller's or a record's context), made by `make`:
+/// disabled when spans are not recorded or `parent` was sampled out (the work below it then
+/// creates no span either, and hands on a child of `parent`'s context); without a parent, a new
+/// root that the sampler decides on. Every other span is exported only below a sampled span
+/// (`telemetry`'s filter), so a trace sampled out costs at most one non-recording span, at its
+/// root, and none at each hop below it.
+pub fn continuing(
+    parent: Option<TraceParent>,
+    make: impl FnOnce() -> tracing::Span,
+) -> tracing::Span {
+    if !enabled() || parent.is_some_and(|p| !p.sampled) {
+        return tracing::Span::none();
+    }
+    let outer = MAY_START.replace(true);
+    let span = make();
+    MAY_START.set(outer);
+    set_parent(&span, parent);
+    span
+}
+
+thread_local! {
+    /// Set while [`continuing`] makes its span: the only spans that may start or continue a
+    /// trace without a current (sampled) span above them.
+    static MAY_START: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Whether a span made now may be exported without a sampled span above it (see `telemetry`).
+pub(crate) fn may_start() -> bool {
+    MAY_START.get()
+}
+
+/// A span for work done once for a batch (one INSERT, one object written), made by `make`: a
+/// child of the first sampled member's context, linked to the other sampled members' (at most
+/// [`MAX_BATCH_LINKS`]), so each sampled member's trace either holds the batch's span or is
+/// linked from it. Disabled when no member is sampled.
+pub fn batch(members: &[TraceParent], make: impl FnOnce() -> tracing::Span) -> tracing::Span {
+    let mut sampled = members.iter().filter(|m| m.sampled);
+    let Some(first) = sampled.next() else {
+        return tracing::Span::none();
+    };
+    let span = continuing(Some(*first), make);
+    for other in sampled.take(MAX_BATCH_LINKS) {
+        add_link(&span, *other);
+    }
+    span
+}
+
 /// Links from a batch's span to its members' contexts, at most.
 pub const MAX_BATCH_LINKS: usize = 128;
-
-/// Makes `span` — work done once for a batch (one INSERT, one object written) — a child of the
-/// first member's context, linked to the others' (at most [`MAX_BATCH_LINKS`]): each member's
-/// trace either holds the batch's span or is linked from it.
-pub fn adopt_batch(span: &tracing::Span, members: &[TraceParent]) {
-    if let Some((first, others)) = members.split_first() {
-        set_parent(span, Some(*first));
-        for other in others.iter().take(MAX_BATCH_LINKS) {
-            add_link(span, *other);
-        }
-    }
-}
 
 /// Links `span` to `other` — a retry to the attempt that scheduled it, a dead letter to the
 /// attempt that gave up.

@@ -174,8 +174,9 @@ fn flush(
             uuid::Uuid::now_v7().simple()
         );
         let records = batch.waiters.len();
-        let span = substrate_s3::span("PutObject", &bucket, &key);
-        substrate_runtime::trace::adopt_batch(&span, &batch.traces);
+        let span = substrate_runtime::trace::batch(&batch.traces, || {
+            substrate_s3::span("PutObject", &bucket, &key)
+        });
         let put = client
             .put_object()
             .bucket(&bucket)
