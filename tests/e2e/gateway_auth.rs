@@ -472,7 +472,22 @@ async fn health_ready_and_metrics() {
         metrics.contains("gateway_requests_total{route=\"message\",status=\"202\"}"),
         "{metrics}"
     );
-    assert!(metrics.contains("gateway_rejected_total{reason=\"unauthorized\"}"));
+    assert!(
+        metrics.contains("gateway_rejected_total{route=\"message\",reason=\"unauthorized\"}"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("substrate_build_info{version="),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("process_resident_memory_bytes"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("gateway_request_body_bytes_bucket{route=\"message\""),
+        "{metrics}"
+    );
     assert!(metrics.contains("substrate_kafka_produce_seconds"));
     // The public listener serves the API and liveness, never readiness details or metrics.
     for path in ["/readyz", "/metrics"] {

@@ -49,7 +49,7 @@ async fn until_status(gw: &TestGateway, token: &str, name: &str, expected: u16) 
 
 const NO_POLLING: &str = "gateway:\n  routes_poll_secs: 0\n";
 
-/// `gateway_routes_reloads_total{result, file}` as the gateway's /metrics shows it.
+/// `gateway_routes_reloads_total{outcome, file}` as the gateway's /metrics shows it.
 async fn reloads(gw: &TestGateway, file: &Path, result: &str) -> u64 {
     let text = crate::harness::http()
         .get(format!("{}/metrics", gw.ops_url))
@@ -62,7 +62,7 @@ async fn reloads(gw: &TestGateway, file: &Path, result: &str) -> u64 {
     let file = file.display().to_string();
     text.lines()
         .filter(|l| l.starts_with("gateway_routes_reloads_total{"))
-        .filter(|l| l.contains(&format!("result=\"{result}\"")))
+        .filter(|l| l.contains(&format!("outcome=\"{result}\"")))
         .filter(|l| l.contains(&format!("file=\"{file}\"")))
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .map(|v| v as u64)

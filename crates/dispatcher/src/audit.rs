@@ -74,6 +74,7 @@ async fn writer(pool: Pool, mut rx: mpsc::Receiver<Entry>) {
             }
         }
         // The batch's write in the traces of the attempts it logs.
+        metrics::histogram!(crate::metrics::AUDIT_BATCH_ROWS).record(rows.len() as f64);
         let span = substrate_runtime::trace::batch(&traces, || {
             tracing::debug_span!(
                 "write batch",

@@ -101,7 +101,7 @@ impl SecretStore {
         let secret = match &request.inline_secret {
             // Written before secrets were sealed: the record carries it already.
             Some(inline) => {
-                metrics::counter!(SECRET_LOOKUPS, "result" => "inline").increment(1);
+                metrics::counter!(SECRET_LOOKUPS, "outcome" => "inline").increment(1);
                 Arc::new(inline.clone())
             }
             None => self.lookup(binding).await?,
@@ -115,7 +115,7 @@ impl SecretStore {
 
     async fn lookup(&self, binding: Binding) -> Result<Arc<ActionSecret>, ResolveError> {
         if let Some(secret) = self.cached(&binding) {
-            metrics::counter!(SECRET_LOOKUPS, "result" => "cache").increment(1);
+            metrics::counter!(SECRET_LOOKUPS, "outcome" => "cache").increment(1);
             return Ok(secret);
         }
         let found = async {
@@ -131,17 +131,17 @@ impl SecretStore {
         .await
         .map_err(|e| ResolveError::Db(binding, e))?;
         let Some(row) = found else {
-            metrics::counter!(SECRET_LOOKUPS, "result" => "missing").increment(1);
+            metrics::counter!(SECRET_LOOKUPS, "outcome" => "missing").increment(1);
             return Err(ResolveError::Missing(binding));
         };
         let plaintext = self.keyring.open(&row.sealed, &row.aad()).map_err(|e| {
-            metrics::counter!(SECRET_LOOKUPS, "result" => "unopenable").increment(1);
+            metrics::counter!(SECRET_LOOKUPS, "outcome" => "unopenable").increment(1);
             ResolveError::Unopenable(binding, e)
         })?;
         let secret = Arc::new(
             ActionSecret::from_bytes(&plaintext).map_err(|_| ResolveError::Malformed(binding))?,
         );
-        metrics::counter!(SECRET_LOOKUPS, "result" => "database").increment(1);
+        metrics::counter!(SECRET_LOOKUPS, "outcome" => "database").increment(1);
         self.remember(binding, secret.clone());
         Ok(secret)
     }

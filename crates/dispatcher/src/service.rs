@@ -23,7 +23,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::audit::AuditLog;
 use crate::endpoints::Endpoints;
-use crate::metrics::{DEAD_LETTERED, DEFERRED, DELIVERIES, DELIVERY_SECONDS};
+use crate::metrics::{DEFERRED, DELIVERIES, DELIVERY_SECONDS};
 use crate::outcome::Outcome;
 use crate::request::Request;
 use crate::secrets::SecretStore;
@@ -231,7 +231,6 @@ impl Dispatcher {
                         self.give_up(message, state, &error, shutdown).await
                     }
                     Ok(Routed::DeadLetter) => {
-                        metrics::counter!(DEAD_LETTERED).increment(1);
                         tracing::warn!(request = %request.request_id, attempts = state.attempt(), %reason, "delivery failed for good");
                         true
                     }
@@ -367,15 +366,10 @@ impl Dispatcher {
         error: &str,
         shutdown: &CancellationToken,
     ) -> bool {
-        let parked = self
-            .retrier
+        self.retrier
             .dead_letter()
             .park(message, &state.origin, error, state.attempt(), shutdown)
-            .await;
-        if parked {
-            metrics::counter!(DEAD_LETTERED).increment(1);
-        }
-        parked
+            .await
     }
 
     /// One attempt at the request's action; HTTP actions come with their opened secret.

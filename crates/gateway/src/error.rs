@@ -6,7 +6,7 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::Serialize;
 
-use crate::metrics::REJECTED;
+use crate::metrics::Refused;
 
 #[derive(Debug, Clone, Serialize)]
 pub struct ErrorBody {
@@ -115,9 +115,10 @@ pub async fn method_not_allowed() -> ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        metrics::counter!(REJECTED, "reason" => self.body.code).increment(1);
+        let code = self.body.code;
         let mut response =
             (self.status, Json(serde_json::json!({ "error": self.body }))).into_response();
+        response.extensions_mut().insert(Refused(code));
         if let Some(secs) = self.retry_after {
             if let Ok(value) = HeaderValue::from_str(&secs.to_string()) {
                 response.headers_mut().insert("retry-after", value);

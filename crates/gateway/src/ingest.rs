@@ -4,7 +4,6 @@
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
-use std::time::Instant;
 
 use axum::body::Body;
 use axum::extract::rejection::PathRejection;
@@ -24,7 +23,7 @@ use crate::auth::Claims;
 use crate::error::ApiError;
 use crate::idempotency::{self, Start, Ticket, REPLAYED_HEADER};
 use crate::keys::Source;
-use crate::metrics::{EVENTS_ACCEPTED, IDEMPOTENT_REPLAYS, REJECTED, REQUESTS, REQUEST_SECONDS};
+use crate::metrics::{RouteName, BATCH_EVENTS, EVENTS_ACCEPTED, IDEMPOTENT_REPLAYS, REJECTED};
 use crate::publish::{trace_from, Encoded, Target};
 use crate::routes::{AuthMode, Route, EVENT_ID_FIELD, EVENT_TIME_FIELD};
 use crate::App;
@@ -51,7 +50,6 @@ pub async fn post_event(
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    let started = Instant::now();
     let (route, result) = match route {
         Ok(Path(route)) => {
             let result = single(&app, &route, &headers, peer_ip(&peer), body).await;
@@ -59,7 +57,7 @@ pub async fn post_event(
         }
         Err(rejection) => (String::new(), Err(unknown_path(&rejection))),
     };
-    finish(&route, started, result)
+    finish(&route, result)
 }
 
 pub async fn post_batch(
@@ -69,7 +67,6 @@ pub async fn post_batch(
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    let started = Instant::now();
     let (route, result) = match route {
         Ok(Path(route)) => {
             let result = batch(&app, &route, &headers, peer_ip(&peer), body).await;
@@ -77,23 +74,22 @@ pub async fn post_batch(
         }
         Err(rejection) => (String::new(), Err(unknown_path(&rejection))),
     };
-    finish(&route, started, result)
+    finish(&route, result)
 }
 
 fn peer_ip(peer: &Peer) -> Option<IpAddr> {
     peer.as_ref().map(|Extension(ConnectInfo(addr))| addr.ip())
 }
 
-fn finish(route: &str, started: Instant, result: Result<Response, ApiError>) -> Response {
-    let response = result.unwrap_or_else(IntoResponse::into_response);
-    let route_label = if response.status() == StatusCode::NOT_FOUND {
-        "<unknown>".to_string()
+/// The answer, its `route` label the route's name (`unknown` for a route not in routes.yaml).
+fn finish(route: &str, result: Result<Response, ApiError>) -> Response {
+    let mut response = result.unwrap_or_else(IntoResponse::into_response);
+    let name = if response.status() == StatusCode::NOT_FOUND {
+        "unknown".to_string()
     } else {
         route.to_string()
     };
-    metrics::counter!(REQUESTS, "route" => route_label.clone(), "status" => response.status().as_u16().to_string()).increment(1);
-    metrics::histogram!(REQUEST_SECONDS, "route" => route_label)
-        .record(started.elapsed().as_secs_f64());
+    response.extensions_mut().insert(RouteName(name.into()));
     response
 }
 
@@ -590,6 +586,7 @@ async fn produce_batch(
         }
     });
     let outcomes = futures::future::join_all(sends).await;
+    metrics::histogram!(BATCH_EVENTS, "route" => route.name.clone()).record(outcomes.len() as f64);
 
     let mut accepted = 0usize;
     let mut unavailable = 0usize;
@@ -605,7 +602,8 @@ async fn produce_batch(
                 if e.status == StatusCode::SERVICE_UNAVAILABLE {
                     unavailable += 1;
                 }
-                metrics::counter!(REJECTED, "reason" => e.body.code).increment(1);
+                metrics::counter!(REJECTED, "route" => route.name.clone(), "reason" => e.body.code)
+                    .increment(1);
                 json!({"index": index, "status": e.status.as_u16(), "error": e.to_json()})
             }
         })

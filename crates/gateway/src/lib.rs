@@ -222,9 +222,12 @@ pub fn build(config: &Config, shutdown: &Shutdown) -> anyhow::Result<Built> {
         .route("/api/v1/users", get(directory::search));
     // Every route in a server span continuing the caller's `traceparent`; then the fallback:
     // the web app's pages, or JSON errors instead of axum's empty 404.
+    // Counted by route: named after the endpoint (or by the handler), then over every answer.
+    let public = public.route_layer(axum::middleware::from_fn(crate::metrics::name_route));
     let public = substrate_runtime::http::traced(public)
         .fallback(web::fallback)
         .method_not_allowed_fallback(error::method_not_allowed)
+        .layer(axum::middleware::from_fn(crate::metrics::observe))
         .with_state(app);
     Ok(Built {
         public,

@@ -6,7 +6,6 @@
 //! the caller's balance and active files.
 
 use std::sync::Arc;
-use std::time::Instant;
 
 use axum::body::Body;
 use axum::extract::State;
@@ -20,7 +19,6 @@ use uuid::Uuid;
 
 use crate::error::ApiError;
 use crate::ingest::check_json_content_type;
-use crate::metrics::{REQUESTS, REQUEST_SECONDS};
 use crate::publish::{trace_from, Target};
 use crate::App;
 
@@ -45,14 +43,6 @@ enum Intent {
 }
 
 impl Intent {
-    fn label(self) -> &'static str {
-        match self {
-            Self::Upload => "media.upload-intent",
-            Self::Download => "media.download-intent",
-            Self::Delete => "media.delete-intent",
-        }
-    }
-
     fn topic(self) -> Topic {
         match self {
             Self::Upload => Topic::UploadIntent,
@@ -87,19 +77,9 @@ pub async fn delete_intent(
 }
 
 async fn handle(app: &App, intent: Intent, headers: &HeaderMap, body: Body) -> Response {
-    timed(intent.label(), accept(app, intent, headers, body)).await
-}
-
-/// Answers with `work`'s response or error, counted and timed under `route`.
-async fn timed(
-    route: &'static str,
-    work: impl std::future::Future<Output = Result<Response, ApiError>>,
-) -> Response {
-    let started = Instant::now();
-    let response = work.await.unwrap_or_else(IntoResponse::into_response);
-    metrics::counter!(REQUESTS, "route" => route, "status" => response.status().as_u16().to_string()).increment(1);
-    metrics::histogram!(REQUEST_SECONDS, "route" => route).record(started.elapsed().as_secs_f64());
-    response
+    accept(app, intent, headers, body)
+        .await
+        .unwrap_or_else(IntoResponse::into_response)
 }
 
 /// The caller's user id (the JWT's `sub`).
@@ -175,7 +155,9 @@ pub async fn upload_complete(
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    timed("media.upload-complete", complete(&app, &headers, body)).await
+    complete(&app, &headers, body)
+        .await
+        .unwrap_or_else(IntoResponse::into_response)
 }
 
 async fn complete(app: &App, headers: &HeaderMap, body: Body) -> Result<Response, ApiError> {

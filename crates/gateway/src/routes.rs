@@ -302,11 +302,11 @@ impl RouteStore {
             Ok(table) => {
                 tracing::info!(routes = table.len(), "routes.yaml reloaded");
                 *self.current.write().expect("route table lock") = Arc::new(table);
-                metrics::counter!(ROUTES_RELOADS, "result" => "applied", "file" => self.routes_file.display().to_string()).increment(1);
+                metrics::counter!(ROUTES_RELOADS, "outcome" => "applied", "file" => self.routes_file.display().to_string()).increment(1);
             }
             Err(error) => {
                 tracing::warn!(%error, "routes.yaml is invalid; keeping the last good routes");
-                metrics::counter!(ROUTES_RELOADS, "result" => "invalid", "file" => self.routes_file.display().to_string()).increment(1);
+                metrics::counter!(ROUTES_RELOADS, "outcome" => "invalid", "file" => self.routes_file.display().to_string()).increment(1);
             }
         }
         *self.last_text.write().expect("routes text lock") = text;

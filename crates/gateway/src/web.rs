@@ -172,7 +172,11 @@ pub async fn fallback(State(app): State<Arc<App>>, request: Request) -> Response
     let api = path.starts_with("/api/") || path == "/api" || path.starts_with("/webhooks/");
     match &app.web {
         Some(web) if !api && matches!(*request.method(), Method::GET | Method::HEAD) => {
-            web.serve(request).await
+            let mut response = web.serve(request).await;
+            response
+                .extensions_mut()
+                .insert(crate::metrics::RouteName("web".into()));
+            response
         }
         _ => error::not_found().await.into_response(),
     }

@@ -4,7 +4,6 @@
 //! repeated delivery of the same change yields the same event.
 
 use std::sync::Arc;
-use std::time::Instant;
 
 use axum::body::Body;
 use axum::extract::State;
@@ -19,13 +18,13 @@ use uuid::Uuid;
 
 use crate::error::ApiError;
 use crate::ingest::check_json_content_type;
-use crate::metrics::{EVENTS_ACCEPTED, REQUESTS, REQUEST_SECONDS};
+use crate::metrics::EVENTS_ACCEPTED;
 use crate::publish::{trace_from, Target};
 use crate::App;
 
 /// Namespace of login event ids (UUIDv5 of `<user id>/<last_sign_in_at>`).
 const LOGIN_NAMESPACE: Uuid = Uuid::from_u128(0x6c0f_1b3e_2d4a_4e55_9a7c_51d2_8e3f_0a11);
-const ROUTE_LABEL: &str = "webhooks/login";
+const ROUTE_LABEL: &str = "webhooks.login";
 
 #[derive(Debug, Deserialize)]
 struct DatabaseWebhook {
@@ -39,14 +38,9 @@ struct DatabaseWebhook {
 }
 
 pub async fn login(State(app): State<Arc<App>>, headers: HeaderMap, body: Body) -> Response {
-    let started = Instant::now();
-    let response = handle_login(&app, &headers, body)
+    handle_login(&app, &headers, body)
         .await
-        .unwrap_or_else(IntoResponse::into_response);
-    metrics::counter!(REQUESTS, "route" => ROUTE_LABEL, "status" => response.status().as_u16().to_string()).increment(1);
-    metrics::histogram!(REQUEST_SECONDS, "route" => ROUTE_LABEL)
-        .record(started.elapsed().as_secs_f64());
-    response
+        .unwrap_or_else(IntoResponse::into_response)
 }
 
 fn secret_matches(expected: &str, given: Option<&[u8]>) -> bool {

@@ -11,8 +11,15 @@ use crate::origin::{
 };
 use crate::producer::{Acked, ProduceError, Producer};
 
-/// Records dead-lettered, by service and source topic.
+/// Counter: records dead-lettered, by source `topic` and `reason` (`permanent`: refused for
+/// good; `retries_exhausted`: the retry topics' schedule ran out).
 pub const DEAD_LETTERS: &str = "substrate_dead_letters_total";
+
+/// Counts one letter stored on the dead-letter topic.
+pub fn count(source_topic: &str, reason: &'static str) {
+    metrics::counter!(DEAD_LETTERS, "topic" => source_topic.to_string(), "reason" => reason)
+        .increment(1);
+}
 
 #[derive(Clone)]
 pub struct DeadLetter {
@@ -94,8 +101,7 @@ impl DeadLetter {
             {
                 Ok(_) => {
                     backoff.succeeded();
-                    metrics::counter!(DEAD_LETTERS, "service" => self.service.clone(), "topic" => origin.topic.clone())
-                        .increment(1);
+                    count(&origin.topic, "permanent");
                     return true;
                 }
                 Err(e) if e.is_transient() => {

@@ -211,6 +211,7 @@ impl Retrier {
             self.dead_letter
                 .send_from(message, &state.origin, &error, made)
                 .await?;
+            crate::dead_letter::count(&state.origin.topic, "retries_exhausted");
             return Ok(Routed::DeadLetter);
         };
         self.produce_to(&topic, message, state, made, delay, error)
@@ -298,6 +299,7 @@ impl Retrier {
         self.dead_letter
             .send_from(message, &state.origin, error, state.attempt())
             .await?;
+        crate::dead_letter::count(&state.origin.topic, "permanent");
         Ok(Routed::DeadLetter)
     }
 }

@@ -116,8 +116,45 @@ pub struct Producer {
     state: Arc<BrokerState>,
 }
 
+/// `HELP` and units of this crate's metrics (every service produces, so it is done once, with
+/// the first producer: after the service installed its recorder).
+fn describe_metrics() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
+        describe_histogram!(
+            PRODUCE_LATENCY,
+            Unit::Seconds,
+            "Produce to broker acknowledgement, by topic"
+        );
+        describe_counter!(PRODUCE_ERRORS, "Failed produces, by topic and transient");
+        describe_histogram!(
+            crate::spans::RECORD_AGE,
+            Unit::Seconds,
+            "A record's age when its consumer takes it up, by group and topic"
+        );
+        describe_counter!(
+            crate::dead_letter::DEAD_LETTERS,
+            "Records dead-lettered, by source topic and reason"
+        );
+        describe_gauge!(
+            crate::consumer::CONSUMER_LAG,
+            "Records between the group's position and the high watermark, per partition"
+        );
+        describe_gauge!(
+            crate::consumer::HIGH_WATERMARK,
+            "The partition's high watermark as the consumer last saw it"
+        );
+        describe_gauge!(
+            crate::consumer::ASSIGNED_PARTITIONS,
+            "Partitions assigned to this instance, by group"
+        );
+    });
+}
+
 impl Producer {
     pub fn new(config: &KafkaConfig) -> Result<Self, KafkaError> {
+        describe_metrics();
         let state = Arc::new(BrokerState::default());
         let inner = config
             .producer_config()

@@ -20,9 +20,22 @@ pub fn record_context<M: Message>(message: &M) -> Option<TraceParent> {
         .and_then(TraceParent::parse)
 }
 
-/// The consumer span for processing `message` in consumer group `group`.
+/// Histogram: a record's age when its consumer takes it up (now − the record's timestamp), by
+/// `group` and `topic`: the latency an event has gathered before this hop works on it.
+pub const RECORD_AGE: &str = "substrate_kafka_record_age_seconds";
+
+/// The consumer span for processing `message` in consumer group `group` (every consumer calls
+/// this once per record it takes up, which also records the record's age).
 pub fn process<M: Message>(message: &M, group: &str) -> Span {
     let topic = message.topic();
+    if let Some(ms) = message.timestamp().to_millis() {
+        let age_ms = chrono::Utc::now()
+            .timestamp_millis()
+            .saturating_sub(ms)
+            .max(0);
+        metrics::histogram!(RECORD_AGE, "group" => group.to_string(), "topic" => topic.to_string())
+            .record(age_ms as f64 / 1000.0);
+    }
     let headers = message.headers();
     let span = trace::continuing(record_context(message), || {
         tracing::debug_span!(

@@ -27,7 +27,7 @@ use tracing::Instrument;
 use uuid::Uuid;
 
 use crate::emit::Topic;
-use crate::metrics::{DEADLINES_FIRED, DEADLINES_HELD, FINISHED};
+use crate::metrics::{transition, DEADLINES_FIRED, DEADLINES_HELD};
 use crate::saga::{db, Engine, StepError};
 
 /// Looks for due deadlines every `poll` until shutdown. A deadline whose handling fails
@@ -188,7 +188,7 @@ async fn fire(
                 .emitter
                 .emit(Topic::Expired, request, 0, &record, &trace)
                 .await?;
-            finished = Some(SagaState::Expired);
+            finished = Some((saga.clone(), SagaState::Expired));
             remove_upload = saga.upload_path.clone();
             "expired"
         }
@@ -230,7 +230,7 @@ async fn fire(
                 .emitter
                 .emit(Topic::UploadDeadLetter, request, 0, &record, &trace)
                 .await?;
-            finished = Some(SagaState::Failed);
+            finished = Some((saga.clone(), SagaState::Failed));
             tracing::warn!(%request, "upload dead-lettered: {reason}");
             "dead_letter"
         }
@@ -243,8 +243,8 @@ async fn fire(
     tx.commit().await.map_err(db)?;
     drop(client);
     metrics::counter!(DEADLINES_FIRED, "kind" => kind.as_str(), "effect" => effect).increment(1);
-    if let Some(state) = finished {
-        metrics::counter!(FINISHED, "state" => state.as_str()).increment(1);
+    if let Some((before, to)) = finished {
+        transition(Some(&before), to, before.created_at);
     }
     if let Some(path) = remove_upload {
         // Best effort: a partial or late upload; the bucket's lifecycle rule is the backstop.

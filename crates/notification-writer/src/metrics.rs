@@ -6,12 +6,9 @@ pub const ROWS_INSERTED: &str = "notification_writer_rows_inserted_total";
 pub const BATCH_ROWS: &str = "notification_writer_batch_rows";
 /// Counter: failed batch writes that were retried.
 pub const DB_RETRIES: &str = "notification_writer_db_retries_total";
-/// Counter: records sent to the dead-letter topic, by source `topic`.
-pub const DEAD_LETTERED: &str = "notification_writer_dead_lettered_total";
 
 pub fn describe() {
     metrics::describe_counter!(ROWS_INSERTED, "Rows inserted into user_notifications");
     metrics::describe_histogram!(BATCH_ROWS, "Records per written batch");
     metrics::describe_counter!(DB_RETRIES, "Failed batch writes that were retried");
-    metrics::describe_counter!(DEAD_LETTERED, "Records sent to the dead-letter topic");
 }

@@ -23,7 +23,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use crate::mapping::{Mapping, Origin};
-use crate::metrics::{BATCH_ROWS, DB_RETRIES, DEAD_LETTERED, ROWS_INSERTED};
+use crate::metrics::{BATCH_ROWS, DB_RETRIES, ROWS_INSERTED};
 
 pub struct Writer {
     pub consumer: substrate_kafka::consumer::GroupConsumer,
@@ -286,8 +286,7 @@ impl Writer {
         failure: &Failure,
         shutdown: &CancellationToken,
     ) -> bool {
-        let parked = self
-            .dead_letter
+        self.dead_letter
             .park(
                 message,
                 &RecordOrigin::of(message),
@@ -295,11 +294,7 @@ impl Writer {
                 1,
                 shutdown,
             )
-            .await;
-        if parked {
-            metrics::counter!(DEAD_LETTERED, "topic" => message.topic().to_string()).increment(1);
-        }
-        parked
+            .await
     }
 
     /// Writes the batch — splitting it around rows Postgres refuses, which are dead-lettered —

@@ -17,7 +17,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 use uuid::Uuid;
 
-use crate::metrics::{DEAD_LETTERED, EVENTS, MATCHES, REQUESTS};
+use crate::metrics::{EVENTS, MATCHES, REQUESTS};
 use crate::store::{RuleDef, Store};
 
 /// Namespace of dispatch request ids: UUIDv5 of `<event id>/<rule id>/<action index>`.
@@ -113,7 +113,7 @@ impl Evaluator {
                     }
                 }
                 Err(failure) => {
-                    let parked = self
+                    return self
                         .dead_letter
                         .park(
                             message,
@@ -123,10 +123,6 @@ impl Evaluator {
                             shutdown,
                         )
                         .await;
-                    if parked {
-                        metrics::counter!(DEAD_LETTERED).increment(1);
-                    }
-                    return parked;
                 }
             }
         }

@@ -13,8 +13,6 @@ pub const RULES_LOADED: &str = "rule_evaluator_rules_loaded";
 pub const RULE_VERSION: &str = "rule_evaluator_rule_version";
 /// Counter: rule table reloads.
 pub const RULE_RELOADS: &str = "rule_evaluator_rule_reloads_total";
-/// Counter: records sent to the dead-letter topic.
-pub const DEAD_LETTERED: &str = "rule_evaluator_dead_lettered_total";
 
 pub fn describe() {
     metrics::describe_counter!(EVENTS, "Events evaluated by source topic");
@@ -26,5 +24,4 @@ pub fn describe() {
         "Version of each loaded rule by rule name; 0 after the rule is no longer loaded"
     );
     metrics::describe_counter!(RULE_RELOADS, "Rule table reloads");
-    metrics::describe_counter!(DEAD_LETTERED, "Records sent to the dead-letter topic");
 }

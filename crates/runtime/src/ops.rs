@@ -11,7 +11,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
-use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
 /// A named dependency check, e.g. "kafka" or "postgres".
 pub type CheckFuture = Pin<Box<dyn Future<Output = Result<(), String>> + Send>>;
@@ -72,20 +72,110 @@ async fn futures_join(
     out
 }
 
-/// The process-wide Prometheus recorder; installed on first use.
+/// Buckets of durations (`_seconds`): 0.5 ms … 5 s.
+pub const SECONDS_BUCKETS: &[f64] = &[
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+];
+/// Buckets of durations that can take minutes (an outbound HTTP call with a long timeout, a
+/// saga from intent to confirmation): 5 ms … 1 h.
+pub const LONG_SECONDS_BUCKETS: &[f64] = &[
+    0.005, 0.025, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 900.0, 3600.0,
+];
+/// Buckets of counts per batch (`_rows`, `_events`): 1 … 5,000.
+pub const COUNT_BUCKETS: &[f64] = &[
+    1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0, 200.0, 500.0, 1000.0, 2000.0, 5000.0,
+];
+/// Buckets of sizes (`_bytes`): 64 B … 1 GiB, by powers of four.
+pub const BYTES_BUCKETS: &[f64] = &[
+    64.0,
+    256.0,
+    1024.0,
+    4096.0,
+    16384.0,
+    65536.0,
+    262144.0,
+    1048576.0,
+    4194304.0,
+    16777216.0,
+    67108864.0,
+    268435456.0,
+    1073741824.0,
+];
+
+/// Histograms whose durations can take minutes (see [`LONG_SECONDS_BUCKETS`]).
+const LONG_HISTOGRAMS: &[&str] = &[
+    "dispatcher_attempt_seconds",
+    "media_saga_upload_duration_seconds",
+    "substrate_kafka_record_age_seconds",
+];
+
+/// Gauge: 1, labelled with the running build's `version`.
+pub const BUILD_INFO: &str = "substrate_build_info";
+
+/// The process-wide Prometheus recorder; installed on first use, with each histogram's buckets
+/// chosen by its unit (the name's suffix), the shared metrics described and the build info set.
 pub fn metrics_handle() -> PrometheusHandle {
     static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
     HANDLE
         .get_or_init(|| {
-            PrometheusBuilder::new()
-                .set_buckets(&[
-                    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
-                ])
-                .expect("static buckets are valid")
+            let mut builder = PrometheusBuilder::new()
+                .set_buckets(SECONDS_BUCKETS)
+                .and_then(|b| {
+                    b.set_buckets_for_metric(Matcher::Suffix("_rows".into()), COUNT_BUCKETS)
+                })
+                .and_then(|b| {
+                    b.set_buckets_for_metric(Matcher::Suffix("_events".into()), COUNT_BUCKETS)
+                })
+                .and_then(|b| {
+                    b.set_buckets_for_metric(Matcher::Suffix("_bytes".into()), BYTES_BUCKETS)
+                })
+                .expect("static buckets are valid");
+            for name in LONG_HISTOGRAMS {
+                builder = builder
+                    .set_buckets_for_metric(Matcher::Full((*name).into()), LONG_SECONDS_BUCKETS)
+                    .expect("static buckets are valid");
+            }
+            let handle = builder
                 .install_recorder()
-                .expect("install the Prometheus recorder")
+                .expect("install the Prometheus recorder");
+            describe_shared();
+            metrics::gauge!(BUILD_INFO, "version" => env!("CARGO_PKG_VERSION")).set(1.0);
+            handle
         })
         .clone()
+}
+
+/// The process's CPU, memory, open files and threads (`process_*`), read at each scrape.
+fn process_collector() -> &'static metrics_process::Collector {
+    static COLLECTOR: OnceLock<metrics_process::Collector> = OnceLock::new();
+    COLLECTOR.get_or_init(|| {
+        let collector = metrics_process::Collector::default();
+        collector.describe();
+        collector
+    })
+}
+
+/// `HELP` and units of the metrics this crate records for every service.
+fn describe_shared() {
+    use metrics::{describe_counter, describe_gauge, Unit};
+    describe_gauge!(BUILD_INFO, "1, labelled with the running build's version");
+    describe_counter!(
+        crate::failure::TRANSIENT_RETRIES,
+        "Transient failures retried, by operation"
+    );
+    describe_gauge!(
+        crate::failure::BACKOFF_SECONDS,
+        Unit::Seconds,
+        "The wait before the next try of an operation; 0 once it succeeded"
+    );
+    describe_counter!(
+        crate::failure::BATCH_SPLITS,
+        "Batches refused for a permanent reason and split, by operation"
+    );
+    describe_counter!(
+        crate::http::HTTP_SHED,
+        "Requests answered 503 by a listener's load shedding, by reason"
+    );
 }
 
 #[derive(Clone)]
@@ -146,6 +236,7 @@ async fn readyz(State(state): State<OpsState>) -> Response {
 }
 
 async fn render_metrics(State(state): State<OpsState>) -> Response {
+    process_collector().collect();
     (
         [(
             axum::http::header::CONTENT_TYPE,

@@ -174,6 +174,8 @@ fn flush(
             uuid::Uuid::now_v7().simple()
         );
         let records = batch.waiters.len();
+        metrics::histogram!(crate::metrics::ARCHIVE_BATCH_ROWS).record(records as f64);
+        metrics::histogram!(crate::metrics::ARCHIVE_OBJECT_BYTES).record(batch.body.len() as f64);
         let span = substrate_runtime::trace::batch(&batch.traces, || {
             substrate_s3::span("PutObject", &bucket, &key)
         });

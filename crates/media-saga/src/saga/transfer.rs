@@ -12,7 +12,7 @@ use tracing::Instrument;
 
 use super::{db, Engine, FileReady, StepError, UploadReceived, UploadRetry};
 use crate::emit::Topic;
-use crate::metrics::{FINISHED, MOVES};
+use crate::metrics::{transition, MOVES, OBJECT_BYTES};
 
 impl Engine {
     pub(super) async fn upload_received(
@@ -39,8 +39,12 @@ impl Engine {
                     // The permanent object was reported before the upload: the join is complete.
                     let confirmed = db_media::confirm(&tx, &saga).await.map_err(db)?;
                     tx.commit().await.map_err(db)?;
-                    metrics::counter!(FINISHED, "state" => SagaState::Confirmed.as_str())
-                        .increment(1);
+                    transition(Some(&saga), SagaState::Received, saga.created_at);
+                    let received = Saga {
+                        state: SagaState::Received,
+                        ..saga.clone()
+                    };
+                    transition(Some(&received), SagaState::Confirmed, saga.created_at);
                     drop(client);
                     return self.announce_confirmed(&confirmed, trace).await;
                 }
@@ -54,6 +58,7 @@ impl Engine {
                 .await
                 .map_err(db)?;
                 tx.commit().await.map_err(db)?;
+                transition(Some(&saga), SagaState::Received, saga.created_at);
                 tracing::debug!(request = %saga.request_id, source = %r.source, "upload received");
                 self.spawn_move(saga, r.retry_count as u32, *trace);
             }
@@ -92,6 +97,7 @@ impl Engine {
             match this.move_file(&saga).await {
                 Ok(size) => {
                     metrics::counter!(MOVES, "outcome" => "moved").increment(1);
+                    metrics::histogram!(OBJECT_BYTES).record(size as f64);
                     let reported =
                         retry_transient(&this.shutdown.token(), "media_saga.report_moved", || {
                             this.emit_ready(&saga, size, step, &trace)
@@ -151,7 +157,7 @@ impl Engine {
             SagaState::Received => {
                 let confirmed = db_media::confirm(&tx, &saga).await.map_err(db)?;
                 tx.commit().await.map_err(db)?;
-                metrics::counter!(FINISHED, "state" => SagaState::Confirmed.as_str()).increment(1);
+                transition(Some(&saga), SagaState::Confirmed, saga.created_at);
                 drop(client);
                 self.announce_confirmed(&confirmed, trace).await
             }
@@ -198,6 +204,7 @@ impl Engine {
         match self.move_file(&saga).await {
             Ok(size) => {
                 metrics::counter!(MOVES, "outcome" => "moved").increment(1);
+                metrics::histogram!(OBJECT_BYTES).record(size as f64);
                 let record = json!({"request_id": saga.request_id, "user_id": saga.user_id,
                     "file_path": saga.upload_path, "permanent_path": saga.permanent_path,
                     "size": size, "content_type": saga.media_type, "source": "retry",

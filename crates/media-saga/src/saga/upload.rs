@@ -9,7 +9,7 @@ use substrate_runtime::failure::Failure;
 
 use super::{db, Engine, StepError, UploadIntent};
 use crate::emit::Topic;
-use crate::metrics::FINISHED;
+use crate::metrics::transition;
 use crate::storage::paths;
 
 impl Engine {
@@ -65,8 +65,8 @@ impl Engine {
         };
         tx.commit().await.map_err(db)?;
         drop(client);
-        if balance.is_some() && saga.state == SagaState::Rejected {
-            metrics::counter!(FINISHED, "state" => SagaState::Rejected.as_str()).increment(1);
+        if balance.is_some() {
+            transition(None, saga.state, saga.created_at);
         }
         self.announce_decision(&saga, balance, trace).await
     }
