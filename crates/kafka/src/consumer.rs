@@ -9,8 +9,8 @@ use rdkafka::{Offset, TopicPartitionList};
 
 use crate::KafkaConfig;
 
-/// Records between the consumer's position and the partition's high watermark, by `group`,
-/// `topic` and `partition` (from librdkafka's statistics, every `STATS_INTERVAL_MS`).
+/// Records between the group's committed offset and the partition's high watermark, by
+/// `group`, `topic` and `partition` (from librdkafka's statistics, every `STATS_INTERVAL_MS`).
 pub const CONSUMER_LAG: &str = "substrate_kafka_consumer_lag_records";
 /// The partition's high watermark as the consumer last saw it.
 pub const HIGH_WATERMARK: &str = "substrate_kafka_partition_high_watermark";
@@ -33,12 +33,15 @@ impl ClientContext for LagReporter {
         let mut assigned = 0u64;
         for (topic, stats) in &statistics.topics {
             for (partition, p) in &stats.partitions {
-                // -1 is librdkafka's internal "unassigned" partition; a negative lag means the
-                // position is not known yet (nothing fetched since the assignment).
-                if *partition < 0 || !p.desired || p.consumer_lag < 0 {
+                // -1 is librdkafka's internal "unassigned" partition; a negative lag means no
+                // offset was committed there yet (the partition still counts as assigned).
+                if *partition < 0 || !p.desired {
                     continue;
                 }
                 assigned += 1;
+                if p.consumer_lag < 0 {
+                    continue;
+                }
                 let labels = [
                     ("group", self.group.clone()),
                     ("topic", topic.clone()),
